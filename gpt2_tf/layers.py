@@ -1,0 +1,160 @@
+"""The pieces of a GPT-2 block: fused causal self-attention, the tanh-GELU MLP, the pre-LN block.
+
+Layer and weight names follow OpenAI's (`c_attn`, `c_proj`, `c_fc`, `ln_1`, `ln_2`) so the weight
+map in `weights.py` reads one to one. Keras `Dense` kernels are `[in, out]`, the layout of OpenAI's
+and Hugging Face's Conv1D, so no weight is transposed on import.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+# A large finite negative, not -inf: a row with every key masked (a left-padding query) then
+# gets a uniform softmax instead of NaN. Scores are float32 when it is applied.
+MASK_VALUE = -1e9
+
+
+def _dense(units: int, name: str, std: float, policy) -> keras.layers.Dense:
+    init = keras.initializers.RandomNormal(stddev=std)
+    return keras.layers.Dense(units, kernel_initializer=init, name=name, dtype=policy)
+
+
+def attention_mask(padding_mask, query_len: int, key_len: int, query_offset=0):
+    """Boolean [B, 1, Tq, Tk]: key k visible to query q when k <= q + offset and k is real."""
+    q = ops.arange(query_len)[:, None] + query_offset  # [Tq, 1]
+    k = ops.arange(key_len)[None, :]  # [1, Tk]
+    causal = ops.expand_dims(k <= q, 0)  # [1, Tq, Tk]
+    real = ops.cast(padding_mask, "bool")[:, None, :]  # [B, 1, Tk]
+    return ops.expand_dims(ops.logical_and(causal, real), 1)  # [B, 1, Tq, Tk]
+
+
+@keras.saving.register_keras_serializable(package="gpt2_tf")
+class CausalSelfAttention(keras.layers.Layer):
+    """Multi-head attention with one fused query/key/value projection (`c_attn`)."""
+
+    def __init__(
+        self, n_embd: int, n_head: int, dropout: float = 0.0, proj_std: float = 0.02, **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.n_embd, self.n_head, self.dropout_rate = n_embd, n_head, dropout
+        self.head_dim, self.proj_std = n_embd // n_head, proj_std
+        self.c_attn = _dense(3 * n_embd, "c_attn", 0.02, self.dtype_policy)
+        self.c_proj = _dense(n_embd, "c_proj", proj_std, self.dtype_policy)
+        self.attn_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        self.c_attn.build(input_shape)
+        self.c_proj.build(input_shape)
+
+    def _split_heads(self, x):
+        b, t = ops.shape(x)[0], ops.shape(x)[1]
+        x = ops.reshape(x, (b, t, 3, self.n_head, self.head_dim))  # [B, T, 3, H, D]
+        q, k, v = ops.unstack(ops.transpose(x, (2, 0, 3, 1, 4)), 3)  # each [B, H, T, D]
+        return q, k, v
+
+    def _attend(self, q, k, v, mask, training):
+        q = q * ops.cast(1.0 / math.sqrt(self.head_dim), q.dtype)
+        scores = ops.cast(ops.matmul(q, ops.swapaxes(k, -1, -2)), "float32")  # [B, H, Tq, Tk]
+        scores = ops.where(mask, scores, MASK_VALUE)
+        probs = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
+        probs = self.attn_dropout(probs, training=training)
+        out = ops.matmul(probs, v)  # [B, H, Tq, D]
+        b, t = ops.shape(out)[0], ops.shape(out)[2]
+        return ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (b, t, self.n_embd))
+
+    def call(self, x, mask, training=None):
+        q, k, v = self._split_heads(self.c_attn(x))
+        return self.c_proj(self._attend(q, k, v, mask, training))
+
+    def call_with_cache(self, x, mask, cache, index):
+        """x [B, t, E]; cache [2, B, H, S, D]; writes this step's keys/values at `index`."""
+        q, k, v = self._split_heads(self.c_attn(x))
+        start = (0, 0, index, 0)
+        k_all = ops.slice_update(cache[0], start, ops.cast(k, cache.dtype))  # [B, H, S, D]
+        v_all = ops.slice_update(cache[1], start, ops.cast(v, cache.dtype))
+        out = self._attend(q, k_all, v_all, mask, training=False)
+        return self.c_proj(out), ops.stack([k_all, v_all])
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "n_embd": self.n_embd,
+            "n_head": self.n_head,
+            "dropout": self.dropout_rate,
+            "proj_std": self.proj_std,
+        }
+
+
+@keras.saving.register_keras_serializable(package="gpt2_tf")
+class MLP(keras.layers.Layer):
+    """c_fc -> GELU (tanh approximation, OpenAI's `gelu`) -> c_proj."""
+
+    def __init__(self, n_embd: int, inner_dim: int, proj_std: float = 0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.n_embd, self.inner_dim, self.proj_std = n_embd, inner_dim, proj_std
+        self.c_fc = _dense(inner_dim, "c_fc", 0.02, self.dtype_policy)
+        self.c_proj = _dense(n_embd, "c_proj", proj_std, self.dtype_policy)
+
+    def build(self, input_shape):
+        self.c_fc.build(input_shape)
+        self.c_proj.build((*input_shape[:-1], self.inner_dim))
+
+    def call(self, x):
+        return self.c_proj(keras.activations.gelu(self.c_fc(x), approximate=True))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "n_embd": self.n_embd,
+            "inner_dim": self.inner_dim,
+            "proj_std": self.proj_std,
+        }
+
+
+@keras.saving.register_keras_serializable(package="gpt2_tf")
+class Block(keras.layers.Layer):
+    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(
+        self, n_embd, n_head, inner_dim, dropout=0.0, epsilon=1e-5, proj_std=0.02, **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.n_embd, self.n_head, self.inner_dim = n_embd, n_head, inner_dim
+        self.dropout_rate, self.epsilon, self.proj_std = dropout, epsilon, proj_std
+        policy = self.dtype_policy
+        self.ln_1 = keras.layers.LayerNormalization(epsilon=epsilon, name="ln_1", dtype=policy)
+        self.attn = CausalSelfAttention(
+            n_embd, n_head, dropout, proj_std, name="attn", dtype=policy
+        )
+        self.ln_2 = keras.layers.LayerNormalization(epsilon=epsilon, name="ln_2", dtype=policy)
+        self.mlp = MLP(n_embd, inner_dim, proj_std, name="mlp", dtype=policy)
+        self.resid_dropout = keras.layers.Dropout(dropout, dtype=policy)
+
+    def build(self, input_shape):
+        for layer in (self.ln_1, self.attn, self.ln_2, self.mlp):
+            layer.build(input_shape)
+
+    def call(self, x, mask, training=None):
+        x = x + self.resid_dropout(
+            self.attn(self.ln_1(x), mask, training=training), training=training
+        )
+        return x + self.resid_dropout(self.mlp(self.ln_2(x)), training=training)
+
+    def call_with_cache(self, x, mask, cache, index):
+        a, cache = self.attn.call_with_cache(self.ln_1(x), mask, cache, index)
+        x = x + a
+        return x + self.mlp(self.ln_2(x)), cache
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "n_embd": self.n_embd,
+            "n_head": self.n_head,
+            "inner_dim": self.inner_dim,
+            "dropout": self.dropout_rate,
+            "epsilon": self.epsilon,
+            "proj_std": self.proj_std,
+        }

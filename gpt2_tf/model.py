@@ -1,0 +1,235 @@
+"""GPT-2 in Keras 3: the backbone, the language model with its tied head, and the classifier.
+
+Inputs everywhere are `{"token_ids": int [B, T], "padding_mask": [B, T]}`; padding is known from
+the mask, never from token values. Positions are counted over real tokens (`cumsum(mask) - 1`), so
+right padding gives `0..n-1` and left padding gives what Hugging Face's `generate` gives.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from gpt2_tf.config import GPT2Config
+from gpt2_tf.layers import Block, attention_mask
+
+
+def as_config(config) -> GPT2Config:
+    if isinstance(config, GPT2Config):
+        return config
+    if isinstance(config, str):
+        return GPT2Config.from_preset(config)
+    return GPT2Config(**config)
+
+
+def positions_from_mask(padding_mask):
+    """[B, T] int32 position of each token among the real ones (0 for leading padding)."""
+    counts = ops.cumsum(ops.cast(padding_mask, "int32"), axis=1)
+    return ops.maximum(counts - 1, 0)
+
+
+def _dummy_inputs():
+    # Two positions: a length-1 softmax makes Keras warn.
+    return {"token_ids": ops.zeros((1, 2), "int32"), "padding_mask": ops.ones((1, 2), "int32")}
+
+
+@keras.saving.register_keras_serializable(package="gpt2_tf")
+class GPT2Backbone(keras.Model):
+    """Token and position embeddings, `n_layer` pre-LN blocks, final LayerNorm -> [B, T, n_embd]."""
+
+    def __init__(self, config: GPT2Config | dict | str = "124M", **kwargs):
+        kwargs.setdefault("name", "gpt2_backbone")
+        super().__init__(**kwargs)
+        self.config = c = as_config(config)
+        policy = self.dtype_policy
+        init = keras.initializers.RandomNormal(stddev=0.02)
+        self.wte = keras.layers.Embedding(
+            c.vocab_size, c.n_embd, embeddings_initializer=init, name="wte", dtype=policy
+        )
+        self.wpe = keras.layers.Embedding(
+            c.n_positions, c.n_embd, embeddings_initializer=init, name="wpe", dtype=policy
+        )
+        self.embd_dropout = keras.layers.Dropout(c.dropout, dtype=policy)
+        # GPT-2 scales the residual projections' init by 1/sqrt(2 * n_layer).
+        proj_std = 0.02 / math.sqrt(2 * c.n_layer)
+        self.blocks = [
+            Block(
+                c.n_embd,
+                c.n_head,
+                c.inner_dim,
+                c.dropout,
+                c.layer_norm_epsilon,
+                proj_std=proj_std,
+                name=f"h{i}",
+                dtype=policy,
+            )
+            for i in range(c.n_layer)
+        ]
+        self.ln_f = keras.layers.LayerNormalization(
+            epsilon=c.layer_norm_epsilon, name="ln_f", dtype=policy
+        )
+        self(_dummy_inputs())  # build every weight now, so loaders and LoRA find them
+
+    def embed(self, token_ids, positions, training=None):
+        x = self.wte(token_ids) + self.wpe(positions)  # [B, T, E]
+        return self.embd_dropout(x, training=training)
+
+    def call(self, inputs, training=None):
+        token_ids, padding_mask = inputs["token_ids"], inputs["padding_mask"]
+        t = ops.shape(token_ids)[1]
+        x = self.embed(token_ids, positions_from_mask(padding_mask), training)
+        mask = attention_mask(padding_mask, t, t)
+        for block in self.blocks:
+            x = block(x, mask, training=training)
+        return self.ln_f(x)
+
+    # ---- incremental decoding -----------------------------------------------------------------
+    def init_cache(self, batch_size: int, max_length: int):
+        """One [2, B, H, S, D] key/value buffer per layer (a tuple, so each updates in place)."""
+        c = self.config
+        shape = (2, batch_size, c.n_head, max_length, c.head_dim)
+        return tuple(ops.zeros(shape, self.compute_dtype) for _ in range(c.n_layer))
+
+    def call_with_cache(self, token_ids, padding_mask, cache, index):
+        """Runs `token_ids` [B, t] as cache slots index..index+t-1 -> (hidden [B, t, E], cache).
+
+        `padding_mask` [B, S] covers every slot of the cache: 1 for a real token already written
+        or being written now (prompt or generated), 0 for padding.
+        """
+        t, s = ops.shape(token_ids)[1], ops.shape(padding_mask)[1]
+        positions = ops.slice(
+            positions_from_mask(padding_mask), (0, index), (ops.shape(token_ids)[0], t)
+        )
+        x = self.embed(token_ids, positions)
+        mask = attention_mask(padding_mask, t, s, query_offset=index)
+        new_cache = []
+        for block, layer_cache in zip(self.blocks, cache):
+            x, layer_cache = block.call_with_cache(x, mask, layer_cache, index)
+            new_cache.append(layer_cache)
+        return self.ln_f(x), tuple(new_cache)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
+            "config": self.config.to_dict(),
+        }
+
+    @classmethod
+    def from_pretrained(cls, path: str, **kwargs) -> GPT2Backbone:
+        from gpt2_tf.weights import load_pretrained
+
+        return load_pretrained(cls, path, **kwargs)
+
+    def save_pretrained(self, folder: str) -> None:
+        from gpt2_tf.weights import save_pretrained
+
+        save_pretrained(self, folder)
+
+
+class _WithBackbone(keras.Model):
+    """Shared by the heads: owns a backbone built from the config, saves and loads like it."""
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = as_config(config)
+        self.backbone = GPT2Backbone(self.config, name="transformer", dtype=self.dtype_policy)
+
+    def _base_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
+            "config": self.config.to_dict(),
+        }
+
+    @classmethod
+    def from_pretrained(cls, path: str, **kwargs):
+        from gpt2_tf.weights import load_pretrained
+
+        return load_pretrained(cls, path, **kwargs)
+
+    def save_pretrained(self, folder: str) -> None:
+        from gpt2_tf.weights import save_pretrained
+
+        save_pretrained(self, folder)
+
+
+@keras.saving.register_keras_serializable(package="gpt2_tf")
+class GPT2LanguageModel(_WithBackbone):
+    """Backbone + LM head tied to the token embedding -> float32 logits [B, T, vocab_size]."""
+
+    def __init__(self, config: GPT2Config | dict | str = "124M", **kwargs):
+        kwargs.setdefault("name", "gpt2_lm")
+        super().__init__(config, **kwargs)
+        self(_dummy_inputs())
+
+    def logits(self, hidden):
+        w = ops.cast(self.backbone.wte.embeddings, hidden.dtype)  # [V, E]
+        return ops.cast(ops.matmul(hidden, ops.transpose(w)), "float32")  # [B, T, V]
+
+    def call(self, inputs, training=None):
+        return self.logits(self.backbone(inputs, training=training))
+
+    def get_config(self):
+        return self._base_config()
+
+    def export_hf(self, folder: str, tokenizer=None) -> None:
+        """Writes a folder that `transformers.GPT2LMHeadModel.from_pretrained` loads."""
+        from gpt2_tf.weights import export_hf
+
+        export_hf(self, folder, tokenizer)
+
+
+@keras.saving.register_keras_serializable(package="gpt2_tf")
+class GPT2Classifier(_WithBackbone):
+    """Backbone, pooling over real tokens, and a linear `score` head -> float32 logits [B, C].
+
+    `pooling="last"` takes each row's last real token (found from the padding mask, so a pad id
+    equal to `<|endoftext|>`, or an `<|endoftext|>` inside the text, changes nothing); `"mean"`
+    averages the real tokens. The head has no bias, as Hugging Face's GPT2ForSequenceClassification.
+    """
+
+    def __init__(
+        self,
+        config: GPT2Config | dict | str = "124M",
+        num_classes: int = 2,
+        pooling: str = "last",
+        **kwargs,
+    ):
+        kwargs.setdefault("name", "gpt2_classifier")
+        super().__init__(config, **kwargs)
+        if pooling not in ("last", "mean"):
+            raise ValueError(f"GPT2Classifier: pooling must be 'last' or 'mean', got {pooling!r}")
+        if num_classes < 1:
+            raise ValueError(f"GPT2Classifier: num_classes must be positive, got {num_classes}")
+        self.num_classes, self.pooling = num_classes, pooling
+        self.head_dropout = keras.layers.Dropout(self.config.dropout, dtype=self.dtype_policy)
+        self.score = keras.layers.Dense(
+            num_classes,
+            use_bias=False,
+            name="score",
+            dtype=self.dtype_policy,
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.02),
+        )
+        self(_dummy_inputs())
+
+    def pool(self, hidden, padding_mask):
+        mask = ops.cast(padding_mask, hidden.dtype)  # [B, T]
+        if self.pooling == "mean":
+            total = ops.sum(hidden * mask[:, :, None], axis=1)
+            return total / ops.maximum(ops.sum(mask, axis=1, keepdims=True), 1)
+        t = ops.shape(hidden)[1]
+        last = ops.max(ops.where(mask > 0, ops.arange(t)[None, :], -1), axis=1)  # [B]
+        return ops.take_along_axis(hidden, ops.maximum(last, 0)[:, None, None], axis=1)[:, 0]
+
+    def call(self, inputs, training=None):
+        hidden = self.backbone(inputs, training=training)
+        pooled = self.head_dropout(self.pool(hidden, inputs["padding_mask"]), training=training)
+        return ops.cast(self.score(pooled), "float32")
+
+    def get_config(self):
+        return {**self._base_config(), "num_classes": self.num_classes, "pooling": self.pooling}

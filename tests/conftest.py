@@ -1,0 +1,87 @@
+"""Shared fixtures: the real data in ../shared/data, GPT-2's vocabulary, the tiktoken reference."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import os
+
+import pytest
+
+SHARED = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+VOCAB_DIR = os.path.join(SHARED, "gpt2_tokenizer")
+
+
+def shared(*parts: str) -> str:
+    path = os.path.join(SHARED, *parts)
+    if not os.path.exists(path):
+        pytest.skip(f"shared data missing: {path}")
+    return path
+
+
+def _poetry_texts(obj) -> list[str]:
+    """Every string in a chinese-poetry JSON file (titles, authors, paragraphs)."""
+    if isinstance(obj, str):
+        return [obj]
+    if isinstance(obj, list):
+        return [t for x in obj for t in _poetry_texts(x)]
+    if isinstance(obj, dict):
+        return [t for x in obj.values() for t in _poetry_texts(x)]
+    return []
+
+
+@functools.lru_cache(maxsize=1)
+def all_shared_texts() -> dict[str, list[str]]:
+    """Every text field of every data set in ../shared/data, by source."""
+    out: dict[str, list[str]] = {}
+    for split in ("train", "val", "test"):
+        with open(shared("emotion", f"{split}.txt"), encoding="utf-8") as f:
+            out[f"emotion/{split}"] = [line.rstrip("\n").rsplit(";", 1)[0] for line in f][1:]
+    for split in ("train", "dev"):
+        with open(shared("glue_rte", f"{split}.tsv"), encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        out[f"rte/{split}"] = [r[k] for r in rows for k in ("sentence1", "sentence2")]
+    senses = [
+        json.loads(x) for x in open(shared("wiktionary", "flat_senses.jsonl"), encoding="utf-8")
+    ]
+    out["wiktionary"] = [t for s in senses for t in (s["word"], s["definition"], *s["examples"])]
+    with open(shared("chat_dialogs", "dialogs.txt"), encoding="utf-8") as f:
+        out["chat"] = [t for line in f for t in line.rstrip("\n").split("\t")]
+    for name in sorted(os.listdir(shared("chinese_poetry"))):
+        with open(shared("chinese_poetry", name), encoding="utf-8") as f:
+            out[f"poetry/{name}"] = _poetry_texts(json.load(f))
+    rows = [json.loads(x) for x in open(shared("dolly", "dolly_first743.jsonl"), encoding="utf-8")]
+    out["dolly"] = [r[k] for r in rows for k in ("instruction", "context", "response")]
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def reference_encoding():
+    """OpenAI's encoder as tiktoken builds it from the same two files (the exactness reference)."""
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=os.path.join(VOCAB_DIR, "vocab.bpe"),
+        encoder_json_file=os.path.join(VOCAB_DIR, "encoder.json"),
+    )
+    return tiktoken.Encoding(
+        name="gpt2-local",
+        pat_str=r50k_pat_str,
+        mergeable_ranks=ranks,
+        special_tokens={"<|endoftext|>": 50256},
+    )
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from gpt2_tf import GPT2Tokenizer
+
+    return GPT2Tokenizer.from_pretrained(shared("gpt2_tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def reference():
+    return reference_encoding()

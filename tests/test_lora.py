@@ -1,0 +1,116 @@
+"""LoRA: frozen base, exact parameter counts, identity at init, merge, adapter files."""
+
+import keras
+import numpy as np
+import pytest
+
+from gpt2_tf import (
+    GPT2Classifier,
+    GPT2Config,
+    GPT2LanguageModel,
+    enable_lora,
+    load_lora,
+    merge_lora,
+)
+from gpt2_tf.lora import save_lora
+
+CONFIG = GPT2Config.from_preset("tiny")
+E, L = CONFIG.n_embd, CONFIG.n_layer
+INPUTS = {
+    "token_ids": np.array([[464, 2068, 7586, 21831], [15496, 995, 0, 0]], "int32"),
+    "padding_mask": np.array([[1, 1, 1, 1], [1, 1, 0, 0]], "int32"),
+}
+
+
+def randomize_adapters(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for v in model.trainable_weights:
+        if "lora_kernel_b" in v.path:
+            v.assign(rng.normal(0, 0.05, v.shape).astype("float32"))
+
+
+@pytest.mark.parametrize(
+    "targets, per_layer",
+    [
+        (("c_attn",), (E + 3 * E)),
+        (
+            ("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"),
+            (E + 3 * E) + (E + E) + (E + 4 * E) + (4 * E + E),
+        ),
+    ],
+)
+def test_trainable_count_is_the_hand_count(targets, per_layer):
+    rank = 4
+    lm = enable_lora(GPT2LanguageModel(CONFIG), rank, targets=targets)
+    assert sum(int(np.prod(v.shape)) for v in lm.trainable_weights) == L * rank * per_layer
+    clf = enable_lora(GPT2Classifier(CONFIG, num_classes=3), rank, targets=targets)
+    head = E * 3  # the score head stays trainable, no bias
+    assert sum(int(np.prod(v.shape)) for v in clf.trainable_weights) == L * rank * per_layer + head
+
+
+def test_identity_at_init_and_frozen_base():
+    keras.utils.set_random_seed(3)
+    model = GPT2Classifier(CONFIG, num_classes=2)
+    before = np.asarray(model(INPUTS))
+    enable_lora(model, 8, alpha=16, targets=("c_attn", "c_fc"))
+    np.testing.assert_array_equal(np.asarray(model(INPUTS)), before)
+    trainable = {v.path for v in model.trainable_weights}
+    assert all(
+        "lora_kernel" in p or p.startswith("gpt2_classifier/score") or "score" in p
+        for p in trainable
+    )
+    assert not any("bias" in p or "gamma" in p or "embeddings" in p for p in trainable)
+
+
+def test_merge_equals_adapted_model():
+    keras.utils.set_random_seed(4)
+    model = enable_lora(GPT2LanguageModel(CONFIG), 4, alpha=8, targets=("c_attn", "mlp.c_proj"))
+    randomize_adapters(model)
+    adapted = np.asarray(model(INPUTS))
+    assert np.abs(adapted - np.asarray(GPT2LanguageModel(CONFIG)(INPUTS))).max() > 1e-3
+    merge_lora(model)
+    np.testing.assert_allclose(np.asarray(model(INPUTS)), adapted, atol=1e-5)
+    assert not any("lora" in v.path for v in model.weights)
+    assert model.count_params() == GPT2LanguageModel(CONFIG).count_params()
+    assert len(model.trainable_weights) == len(model.weights)
+
+
+def test_adapter_file_round_trip(tmp_path):
+    keras.utils.set_random_seed(5)
+    base = GPT2Classifier(CONFIG, num_classes=3)
+    base.save_pretrained(str(tmp_path / "base"))
+    tuned = enable_lora(GPT2Classifier.from_pretrained(str(tmp_path / "base")), 4)
+    randomize_adapters(tuned)
+    tuned.score.kernel.assign(tuned.score.kernel * 2.0)  # the head trains too
+    path = str(tmp_path / "adapters.safetensors")
+    save_lora(tuned, path)
+    full_size = (tmp_path / "base" / "model.safetensors").stat().st_size
+    assert (tmp_path / "adapters.safetensors").stat().st_size < full_size / 50
+    fresh = GPT2Classifier.from_pretrained(str(tmp_path / "base"))
+    load_lora(fresh, path)  # enables LoRA from the file's rank and targets
+    np.testing.assert_allclose(np.asarray(fresh(INPUTS)), np.asarray(tuned(INPUTS)), atol=1e-6)
+
+
+def test_wrong_adapter_file_is_refused(tmp_path):
+    model = enable_lora(GPT2LanguageModel(CONFIG), 4, targets=("c_attn",))
+    path = str(tmp_path / "r4.safetensors")
+    save_lora(model, path)
+    other_rank = enable_lora(GPT2LanguageModel(CONFIG), 8, targets=("c_attn",))
+    with pytest.raises(ValueError, match=r"rank 4.*do not fit this model's LoRA \(rank 8"):
+        load_lora(other_rank, path)
+    other_targets = enable_lora(GPT2LanguageModel(CONFIG), 4, targets=("c_fc",))
+    with pytest.raises(ValueError, match=r"targets \['c_attn'\].*targets \['c_fc'\]"):
+        load_lora(other_targets, path)
+    (tmp_path / "junk.safetensors").write_bytes(open(path, "rb").read()[:100])
+    with pytest.raises(Exception):  # noqa: B017 - a truncated file must not load
+        load_lora(GPT2LanguageModel(CONFIG), str(tmp_path / "junk.safetensors"))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="LoRA targets \\['q_proj'\\] unknown"):
+        enable_lora(GPT2LanguageModel(CONFIG), 4, targets=("q_proj",))
+    model = enable_lora(GPT2LanguageModel(CONFIG), 4)
+    with pytest.raises(ValueError, match="already enabled"):
+        enable_lora(model, 4)
+    with pytest.raises(ValueError, match="not enabled"):
+        merge_lora(GPT2LanguageModel(CONFIG))

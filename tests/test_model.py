@@ -1,0 +1,139 @@
+"""The Keras model: masking, positions, the cache, pooling, precision, serialization."""
+
+import keras
+import numpy as np
+import pytest
+
+from gpt2_tf import GPT2Backbone, GPT2Classifier, GPT2Config, GPT2LanguageModel
+
+EOT = 50256
+CONFIG = GPT2Config.from_preset("tiny", n_head=4)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    keras.utils.set_random_seed(1)
+    return GPT2LanguageModel(CONFIG)
+
+
+def batch(rows, length=None, pad_id=EOT, left=False):
+    """Right- (or left-) padded token ids and mask from lists of ids."""
+    length = length or max(map(len, rows))
+    ids = np.full((len(rows), length), pad_id, "int32")
+    mask = np.zeros((len(rows), length), "int32")
+    for i, row in enumerate(rows):
+        sl = slice(length - len(row), length) if left else slice(0, len(row))
+        ids[i, sl], mask[i, sl] = row, 1
+    return {"token_ids": ids, "padding_mask": mask}
+
+
+ROWS = [[464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290], [15496, 995, EOT, 318, 257], [40]]
+
+
+def test_shapes_and_dtypes(lm):
+    out = lm(batch(ROWS))
+    assert out.shape == (3, 9, CONFIG.vocab_size) and out.dtype == "float32"
+    hidden = lm.backbone(batch(ROWS))
+    assert hidden.shape == (3, 9, CONFIG.n_embd)
+
+
+def test_padding_changes_nothing_at_real_positions(lm):
+    together = np.asarray(lm(batch(ROWS, length=12)))
+    other_pad = np.asarray(lm(batch(ROWS, length=12, pad_id=0)))
+    for i, row in enumerate(ROWS):
+        alone = np.asarray(lm(batch([row])))[0]
+        np.testing.assert_allclose(together[i, : len(row)], alone, atol=1e-5)
+        np.testing.assert_allclose(other_pad[i, : len(row)], alone, atol=1e-5)
+
+
+def test_left_padding_equals_right_padding(lm):
+    right = np.asarray(lm(batch(ROWS)))
+    left = np.asarray(lm(batch(ROWS, left=True)))
+    for i, row in enumerate(ROWS):
+        np.testing.assert_allclose(left[i, -len(row) :], right[i, : len(row)], atol=1e-5)
+    assert not np.isnan(left).any()
+
+
+def test_causal(lm):
+    a = np.asarray(lm(batch([ROWS[0]])))
+    changed = list(ROWS[0])
+    changed[5] = 11
+    b = np.asarray(lm(batch([changed])))
+    np.testing.assert_allclose(a[0, :5], b[0, :5], atol=1e-6)
+    assert np.abs(a[0, 5:] - b[0, 5:]).max() > 1e-3
+
+
+def test_cached_decoding_equals_full_forward(lm):
+    """Prefill a left-padded prompt batch, then feed one token at a time through the cache."""
+    prompts, total = [[464, 2068, 7586], [15496]], 7
+    continuation = [[21831, 18045, 625, 262], [995, 11, 50256, 257]]
+    full_rows = [p + c for p, c in zip(prompts, continuation)]
+    inputs = batch(prompts, left=True)  # [B, 3]
+    mask = np.concatenate([inputs["padding_mask"], np.ones((2, total - 3), "int32")], 1)
+    cache = lm.backbone.init_cache(2, total)
+    hidden, cache = lm.backbone.call_with_cache(inputs["token_ids"], mask, cache, 0)
+    steps = [np.asarray(lm.logits(hidden))[:, -1]]
+    for t in range(3):
+        tok = np.array([[c[t]] for c in continuation], "int32")
+        hidden, cache = lm.backbone.call_with_cache(tok, mask, cache, 3 + t)
+        steps.append(np.asarray(lm.logits(hidden))[:, 0])
+    for i, row in enumerate(full_rows):
+        full = np.asarray(lm(batch([row])))[0]
+        n = len(prompts[i])
+        for t, step in enumerate(steps):
+            np.testing.assert_allclose(step[i], full[n - 1 + t], atol=1e-4)
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_classifier_pools_real_tokens_only(pooling):
+    keras.utils.set_random_seed(2)
+    clf = GPT2Classifier(CONFIG, num_classes=3, pooling=pooling)
+    rows = [[40, 588, EOT, 340], [15496, 995], [EOT]]  # an <|endoftext|> inside the text, too
+    padded = np.asarray(clf(batch(rows, length=8, pad_id=EOT)))
+    for i, row in enumerate(rows):
+        np.testing.assert_allclose(padded[i], np.asarray(clf(batch([row])))[0], atol=1e-5)
+    # Pooling must not look for the first pad id: with EOT inside row 0 that gives another answer.
+    hidden = np.asarray(clf.backbone(batch(rows, length=8)))
+    if pooling == "last":
+        wrong = hidden[0, 1] @ np.asarray(clf.score.kernel)  # token before the first EOT
+        assert np.abs(wrong - padded[0]).max() > 1e-4
+
+
+def test_classifier_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="pooling must be 'last' or 'mean'"):
+        GPT2Classifier(CONFIG, pooling="first")
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision(lm, policy):
+    low = GPT2LanguageModel(CONFIG, dtype=policy)
+    low.set_weights(lm.get_weights())
+    assert all(v.dtype == "float32" for v in low.weights)
+    inputs = batch(ROWS, left=True)
+    out, ref = np.asarray(low(inputs)), np.asarray(lm(inputs))
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    assert np.abs(out - ref).max() / np.abs(ref).max() < 5e-2
+    clf = GPT2Classifier(CONFIG, num_classes=2, dtype=policy)
+    assert np.isfinite(np.asarray(clf(inputs))).all()
+
+
+def test_dropout_only_in_training():
+    model = GPT2LanguageModel(CONFIG.replace(dropout=0.5))
+    inputs = batch(ROWS)
+    a, b = model(inputs, training=True), model(inputs, training=True)
+    assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3
+    np.testing.assert_array_equal(np.asarray(model(inputs)), np.asarray(model(inputs)))
+
+
+def test_keras_serialization_round_trip(lm, tmp_path):
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(lm))
+    assert isinstance(restored, GPT2LanguageModel) and restored.config == CONFIG
+    path = str(tmp_path / "lm.keras")
+    lm.save(path)
+    loaded = keras.saving.load_model(path)
+    inputs = batch(ROWS)
+    np.testing.assert_allclose(np.asarray(loaded(inputs)), np.asarray(lm(inputs)), atol=1e-6)
+    clf = GPT2Classifier(CONFIG, num_classes=4, pooling="mean")
+    again = GPT2Classifier.from_config(clf.get_config())
+    assert (again.num_classes, again.pooling) == (4, "mean")
+    assert GPT2Backbone.from_config(lm.backbone.get_config()).config == CONFIG
