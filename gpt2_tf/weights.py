@@ -164,8 +164,10 @@ def read_openai(folder: str):
         value = reader.get_tensor(var)
         # Conv1D kernels are stored [1, in, out]
         state[by_openai[var]] = value[0] if value.ndim == 3 else value
-    if unexpected:
-        raise KeyError(f"{folder}: unexpected checkpoint variables {sorted(unexpected)[:10]}")
+    missing = [name for name, hf in by_openai.items() if hf not in state]
+    if unexpected or missing:
+        raise KeyError(f"{folder}: missing checkpoint variables {sorted(missing)[:10]}; "
+                       f"unexpected checkpoint variables {sorted(unexpected)[:10]}")
     return config, state, {}
 
 
