@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format demo clean
+.PHONY: install test lint format demo clean prep-dolly prep-emotion prep-rte prep-dictionary \
+        prep-chat prep-text
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,3 +33,39 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+
+# ---- dataset prep: make prep-<task> [INPUT VARIABLE=path] [TOKENIZER=folder] [OUT=folder] ----
+# With no input path a prep reads the hub (online), or for Dolly the bundled sample (offline).
+# On this project's machines the shared data folder is the default where it exists.
+SHARED         := ../shared/data
+EMOTION_DIR      ?= $(wildcard $(SHARED)/emotion)
+RTE_DIR          ?= $(wildcard $(SHARED)/glue_rte)
+WIKTIONARY_JSONL ?= $(wildcard $(SHARED)/wiktionary/flat_senses.jsonl)
+CHAT_FILE        ?= $(wildcard $(SHARED)/chat_dialogs/dialogs.txt)
+TEXT_FILES       ?= $(wildcard $(SHARED)/chinese_poetry)
+PREP_FLAGS = $(if $(TOKENIZER),--tokenizer=$(TOKENIZER)) $(if $(OUT),--output_dir=$(OUT)) \
+             $(if $(OVERWRITE),--overwrite) $(PREP_ARGS)
+
+prep-dolly: $(STAMP)
+	$(BIN)/python -m pipelines.instruction_tuning.prep_dataset \
+	  $(if $(DOLLY_JSONL),--input_jsonl=$(DOLLY_JSONL)) $(PREP_FLAGS)
+
+prep-emotion: $(STAMP)
+	$(BIN)/python -m pipelines.classification_tuning.prep_dataset \
+	  $(if $(EMOTION_DIR),--input=$(EMOTION_DIR)) $(PREP_FLAGS)
+
+prep-rte: $(STAMP)
+	$(BIN)/python -m pipelines.entailment_tuning.prep_dataset \
+	  $(if $(RTE_DIR),--input_dir=$(RTE_DIR)) $(PREP_FLAGS)
+
+prep-dictionary: $(STAMP)
+	$(BIN)/python -m pipelines.dictionary_tuning.prep_dataset \
+	  $(if $(WIKTIONARY_JSONL),--input_jsonl=$(WIKTIONARY_JSONL)) $(PREP_FLAGS)
+
+prep-chat: $(STAMP)
+	$(BIN)/python -m pipelines.style_tuning.prep_dataset \
+	  $(if $(CHAT_FILE),--chat_file=$(CHAT_FILE)) $(PREP_FLAGS)
+
+prep-text: $(STAMP)
+	$(BIN)/python -m pipelines.text_tuning.prep_dataset \
+	  $(if $(TEXT_FILES),--text_files=$(TEXT_FILES)) $(PREP_FLAGS)

@@ -77,3 +77,20 @@ def default_tokenizer_source() -> str:
     if os.path.isdir(shared):
         return os.path.normpath(shared)
     return "gpt2"
+
+
+def dataset_file(repo_id: str, filename: str, what: str) -> str:
+    """A file of a Hugging Face hub dataset: from the local cache, else downloaded when online."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(repo_id, filename, repo_type="dataset", local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached: try the network below
+        pass
+    ok, why = hub_reachable()
+    if not ok:
+        raise OfflineError(
+            f"{what}: the hub dataset {repo_id!r} is not cached and the hub cannot "
+            f"be reached ({why}). Pass a local file instead."
+        )
+    return hf_hub_download(repo_id, filename, repo_type="dataset")

@@ -1,0 +1,281 @@
+"""The prep engine shared by every task: raw rows -> tokens -> split -> padded TFRecord shards.
+
+Two passes over the source: the first lists the split groups (a row, a word, a conversation, a
+document) so the seeded split is exact (80/10/10 of the groups, like `train_test_split`); the
+second encodes and streams examples into shards, so a corpus larger than memory works. Every row
+read is either written or dropped, by reason, and `metadata.json` says so.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import os
+
+import numpy as np
+from tqdm import tqdm
+
+from gpt2_tf import __version__
+from gpt2_tf.data import CLASSIFIER, METADATA, ShardedWriter, serialize
+from gpt2_tf.readers import RowError
+from gpt2_tf.tasks import Drop, EncodeContext, TaskSpec
+
+
+@dataclasses.dataclass
+class PrepOptions:
+    output_dir: str
+    seq_len: int
+    seed: int = 0
+    num_shards: int = 1
+    on_error: str = "raise"  # or "skip"
+    overwrite: bool = False
+    subsample: float = 1.0  # keep this fraction of the split groups (whole rows/documents)
+    num_stages: int = 1  # split train into N stages (staged fine-tuning)
+    task: dict = dataclasses.field(default_factory=dict)  # the task's own options
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of the vocabulary and merges: the same for OpenAI's and Hugging Face's file names."""
+    h = hashlib.sha256(json.dumps(tokenizer.encoder, sort_keys=True).encode())
+    h.update("\n".join(f"{a} {b}" for a, b in tokenizer.merges).encode())
+    h.update(json.dumps(tokenizer.special_tokens, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _prepare_folder(folder: str, overwrite: bool) -> None:
+    os.makedirs(folder, exist_ok=True)
+    old = [n for n in os.listdir(folder) if n.endswith(".tfrecord") or n == METADATA]
+    if old and not overwrite:
+        raise FileExistsError(
+            f"{folder} already holds prepared data ({len(old)} files); "
+            "pass --overwrite to replace it"
+        )
+    for name in old:
+        os.remove(os.path.join(folder, name))
+
+
+def _assign_splits(spec: TaskSpec, opts: PrepOptions, groups: list) -> dict:
+    """group -> split name, from a seeded permutation; None for groups left out by --subsample."""
+    order = np.random.default_rng(opts.seed).permutation(len(groups))
+    keep = round(len(groups) * opts.subsample)
+    kept = [groups[i] for i in order[:keep]]
+    names, fractions = zip(*spec.fractions)
+    sizes = [round(len(kept) * f) for f in fractions[1:]]
+    sizes.insert(0, len(kept) - sum(sizes))  # the first split (train) takes the rounding
+    assignment, start = {g: None for g in groups}, 0
+    for name, size in zip(names, sizes):
+        for g in kept[start : start + size]:
+            assignment[g] = name
+        start += size
+    train = [g for g in kept if assignment[g] == "train"]
+    if opts.num_stages > 1:
+        for i, g in enumerate(train):
+            assignment[g] = f"train-stage{i * opts.num_stages // len(train) + 1}"
+    return assignment
+
+
+def _first_pass(spec: TaskSpec, opts: PrepOptions) -> tuple[int, dict]:
+    count, groups = 0, {}
+    for index, item in enumerate(spec.read(opts.task)):
+        count += 1
+        if not isinstance(item, RowError | Drop) and item.split is None:
+            groups.setdefault(item.group if item.group is not None else index, None)
+    return count, _assign_splits(spec, opts, list(groups))
+
+
+class _Stats:
+    def __init__(self):
+        self.read = self.written = self.truncated = 0
+        self.dropped = collections.Counter()
+        self.class_counts = collections.defaultdict(collections.Counter)
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] += 1
+
+
+def _padded(ids: list[int], seq_len: int, pad_id: int) -> list[int]:
+    return ids + [pad_id] * (seq_len - len(ids))
+
+
+class _Packer:
+    """Joins documents (each ending in <|endoftext|>) and cuts full `seq_len` blocks per split."""
+
+    def __init__(self, writer: ShardedWriter, seq_len: int, pad_id: int):
+        self.writer, self.seq_len, self.pad_id = writer, seq_len, pad_id
+        self.buffers = collections.defaultdict(list)  # split -> [(token, source_index)]
+
+    def add(self, split: str, ids: list[int], source_index: int) -> None:
+        buf = self.buffers[split]
+        buf.extend((t, source_index) for t in ids)
+        while len(buf) >= self.seq_len:
+            self._emit(split, buf[: self.seq_len])
+            del buf[: self.seq_len]
+
+    def _emit(self, split, block):
+        ids = [t for t, _ in block]
+        record = serialize(_padded(ids, self.seq_len, self.pad_id), len(ids), block[0][1], 0)
+        self.writer.write(split, record, len(ids))
+
+    def flush(self) -> None:
+        for split, buf in self.buffers.items():
+            if buf:
+                self._emit(split, buf)
+        self.buffers.clear()
+
+
+def _write_example(writer, spec, split, enc, index, seq_len, pad_id, stats) -> None:
+    if spec.kind == CLASSIFIER:
+        ids = enc.prompt_ids
+        writer.write(
+            split,
+            serialize(_padded(ids, seq_len, pad_id), len(ids), index, label=enc.label),
+            len(ids),
+        )
+        stats.class_counts[split][spec.label_names[enc.label]] += 1
+    else:
+        ids = enc.prompt_ids + enc.target_ids
+        record = serialize(_padded(ids, seq_len, pad_id), len(ids), index, len(enc.prompt_ids))
+        writer.write(split, record, len(ids))
+
+
+def _check_length(enc, seq_len: int, row) -> None:
+    n = len(enc.prompt_ids) + len(enc.target_ids)
+    if n > seq_len:  # a task's encoder must fit its examples; this guards the contract
+        raise AssertionError(
+            f"{row.file}: line {row.line}: encoder produced {n} > {seq_len} tokens"
+        )
+
+
+def _second_pass(spec, opts, tokenizer, assignment, total, writer) -> _Stats:
+    stats, ctx = _Stats(), EncodeContext(tokenizer, opts.seq_len, opts.task)
+    packer = _Packer(writer, opts.seq_len, tokenizer.eos_id) if spec.pack else None
+    for index, item in enumerate(
+        tqdm(
+            spec.read(opts.task), total=total, desc=f"prep {spec.name}", unit="row", mininterval=2.0
+        )
+    ):
+        stats.read += 1
+        try:
+            if isinstance(item, RowError | Drop):  # a reader's bad row, or a row it filtered out
+                raise item
+            split = item.split or assignment[item.group if item.group is not None else index]
+            if split is None:
+                stats.drop("subsample")
+                continue
+            enc = spec.encode(item, ctx)
+        except RowError as e:
+            if opts.on_error != "skip":
+                raise
+            stats.drop(e.reason)
+            continue
+        except Drop as d:
+            stats.drop(d.reason)
+            continue
+        stats.written += 1
+        stats.truncated += enc.truncated
+        if packer:
+            packer.add(split, enc.prompt_ids + enc.target_ids, index)
+        else:
+            _check_length(enc, opts.seq_len, item)
+            _write_example(writer, spec, split, enc, index, opts.seq_len, tokenizer.eos_id, stats)
+    if packer:
+        packer.flush()
+    return stats
+
+
+def _source_metadata(spec: TaskSpec, opts: PrepOptions) -> dict:
+    source = spec.source(opts.task)
+    if "paths" in source:
+        source["files"] = [{"path": p, "sha256": file_sha256(p)} for p in source.pop("paths")]
+    return source
+
+
+def prepare(spec: TaskSpec, tokenizer, opts: PrepOptions) -> dict:
+    """Runs the prep of `spec` into `opts.output_dir`; returns the metadata it wrote."""
+    if opts.on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {opts.on_error!r}")
+    if not 0 < opts.subsample <= 1:
+        raise ValueError(f"subsample must be in (0, 1], got {opts.subsample}")
+    _prepare_folder(opts.output_dir, opts.overwrite)
+    opts = dataclasses.replace(opts, task=spec.resolve(dict(opts.task)))
+    total, assignment = _first_pass(spec, opts)
+    with ShardedWriter(opts.output_dir, opts.num_shards) as writer:
+        stats = _second_pass(spec, opts, tokenizer, assignment, total, writer)
+    meta = _metadata(spec, opts, tokenizer, stats, writer.counts)
+    with open(os.path.join(opts.output_dir, METADATA), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2, ensure_ascii=False)
+    print(summary(meta))
+    return meta
+
+
+def _metadata(spec, opts, tokenizer, stats, split_counts) -> dict:
+    meta = {
+        "task": spec.name,
+        "kind": spec.kind,
+        "gpt2_tf_version": __version__,
+        "source": _source_metadata(spec, opts),
+        "tokenizer": {
+            "source": tokenizer.source,
+            "sha256": tokenizer_fingerprint(tokenizer),
+            "vocab_size": tokenizer.vocab_size,
+        },
+        "seq_len": opts.seq_len,
+        "pad_id": tokenizer.eos_id,
+        "eos_id": tokenizer.eos_id,
+        "template": spec.template,
+        "packed": spec.pack,
+        "notes": list(spec.notes),
+        "splits": dict(sorted(split_counts.items())),
+        "rows": {
+            "read": stats.read,
+            "written": stats.written,
+            "dropped": dict(sorted(stats.dropped.items())),
+        },
+        "truncated": stats.truncated,
+        "seed": opts.seed,
+        "subsample": opts.subsample,
+        "num_stages": opts.num_stages,
+        "on_error": opts.on_error,
+        "options": opts.task,
+    }
+    if spec.kind == CLASSIFIER:
+        meta["label_names"] = list(spec.label_names)
+        meta["class_counts"] = {
+            s: {n: c[n] for n in spec.label_names} for s, c in sorted(stats.class_counts.items())
+        }
+    return meta
+
+
+def summary(meta: dict) -> str:
+    rows = meta["rows"]
+    dropped = ", ".join(f"{k} {v}" for k, v in rows["dropped"].items()) or "none"
+    splits = ", ".join(
+        f"{s} {c['examples']} ({c['tokens']} tokens)" for s, c in meta["splits"].items()
+    )
+    return (
+        f"{meta['task']}: rows read {rows['read']} = written {rows['written']} + dropped "
+        f"{sum(rows['dropped'].values())} ({dropped}); truncated {meta['truncated']}\n"
+        f"  examples: {splits}"
+    )
+
+
+def find_row(spec: TaskSpec, task_options: dict, source_index: int):
+    """The raw row (file, line, fields) behind an example's `source_index`.
+
+    `source_index` counts the items the task's reader yields, in order, over all its files (bad
+    and filtered rows included), so it is stable whatever --on_error or --categories say.
+    """
+    for index, item in enumerate(spec.read(spec.resolve(dict(task_options)))):
+        if index == source_index:
+            return item
+    raise IndexError(f"{spec.name}: source_index {source_index} is past the end of the source")
