@@ -117,9 +117,10 @@ class _Packer:
     def add(self, split: str, ids: list[int], source_index: int) -> None:
         buf = self.buffers[split]
         buf.extend((t, source_index) for t in ids)
-        while len(buf) >= self.seq_len:
-            self._emit(split, buf[: self.seq_len])
-            del buf[: self.seq_len]
+        full = len(buf) - len(buf) % self.seq_len  # cut all full blocks at once: linear time
+        for start in range(0, full, self.seq_len):
+            self._emit(split, buf[start : start + self.seq_len])
+        del buf[:full]
 
     def _emit(self, split, block):
         ids = [t for t, _ in block]
