@@ -7,7 +7,9 @@ help string; nothing runs on import.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from dataclasses import MISSING
 
 from absl import flags
 
@@ -49,11 +51,75 @@ def prep_options(task_options: dict, **extra):
     )
 
 
-def run_prep(task: str, task_options: dict, **extra) -> dict:
-    """Runs `task`'s prep with the common flags; returns the metadata written."""
+def run_prep(task, task_options: dict, **extra) -> dict:
+    """Runs a task's prep (a name or a TaskSpec) with the common flags; returns its metadata."""
     from gpt2_tf.prep import prepare
     from gpt2_tf.tasks import get_task
     from gpt2_tf.tokenizer import GPT2Tokenizer
 
+    spec = get_task(task) if isinstance(task, str) else task
     tokenizer = GPT2Tokenizer.from_pretrained(FLAGS.tokenizer)
-    return prepare(get_task(task), tokenizer, prep_options(task_options, **extra))
+    return prepare(spec, tokenizer, prep_options(task_options, **extra))
+
+
+def define_train_flags(task: str, **defaults) -> None:
+    """Every TrainConfig field as a flag; `defaults` are the task's own (e.g. LoRA for RTE)."""
+    from gpt2_tf.distribute import STRATEGIES
+    from gpt2_tf.optim import SCHEDULES
+    from gpt2_tf.training import PRECISIONS, TrainConfig
+
+    d = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not MISSING}
+    d.update(defaults)
+    flags.DEFINE_string("data_dir", os.path.join("tfrecords", task), "Prepared TFRecords.")
+    flags.DEFINE_string("output_dir", os.path.join("runs", task), "Checkpoints, models, logs.")
+    flags.DEFINE_string(
+        "init_from",
+        d["init_from"],
+        "A preset for random weights (tiny, 124M, "
+        "355M, 774M, 1558M), a pretrained folder, or a hub id (gpt2, ...).",
+    )
+    flags.DEFINE_integer("batch_size", d["batch_size"], "Global batch: examples per step.")
+    flags.DEFINE_integer("epochs", d["epochs"], "Passes over the training split.")
+    flags.DEFINE_integer("max_steps", d["max_steps"], "Optimizer steps; > 0 overrides --epochs.")
+    flags.DEFINE_float("learning_rate", d["learning_rate"], "Peak learning rate (AdamW).")
+    flags.DEFINE_integer("warmup_steps", d["warmup_steps"], "Linear warm-up steps.")
+    flags.DEFINE_enum("schedule", d["schedule"], list(SCHEDULES), "Decay after warm-up.")
+    flags.DEFINE_float(
+        "weight_decay", d["weight_decay"], "AdamW decay (not on biases, LayerNorm, embeddings)."
+    )
+    flags.DEFINE_float("clipnorm", d["clipnorm"], "Clip the global gradient norm; 0 = off.")
+    flags.DEFINE_integer("grad_accum_steps", d["grad_accum_steps"], "Micro-batches per step.")
+    flags.DEFINE_float("dropout", d["dropout"], "Dropout rate; unset keeps the model's.")
+    flags.DEFINE_integer("lora_rank", d["lora_rank"], "LoRA rank; 0 = full fine-tuning.")
+    flags.DEFINE_float("lora_alpha", d["lora_alpha"], "LoRA alpha (default: the rank).")
+    flags.DEFINE_list(
+        "lora_targets",
+        list(d["lora_targets"]),
+        "LoRA targets among c_attn, attn.c_proj, c_fc, mlp.c_proj.",
+    )
+    flags.DEFINE_enum("pooling", d["pooling"], ["last", "mean"], "Classifier pooling.")
+    flags.DEFINE_enum("precision", d["precision"], list(PRECISIONS), "Keras dtype policy.")
+    flags.DEFINE_enum("strategy", d["strategy"], list(STRATEGIES), "tf.distribute strategy.")
+    flags.DEFINE_integer("eval_every", d["eval_every"], "Steps between evaluations; 0 = per epoch.")
+    flags.DEFINE_integer("eval_batches", d["eval_batches"], "Validation batches; 0 = all.")
+    flags.DEFINE_integer("save_every", d["save_every"], "Steps between resumable checkpoints.")
+    flags.DEFINE_integer(
+        "early_stopping_patience",
+        d["early_stopping_patience"],
+        "Stop after this many evaluations without improvement; 0 = off.",
+    )
+    flags.DEFINE_integer("log_every", d["log_every"], "Steps between log lines.")
+    flags.DEFINE_integer("seed", d["seed"], "Random seed (data order, dropout, init).")
+    flags.DEFINE_integer("stage", d["stage"], "Staged text data: train on this stage; 0 = all.")
+    flags.DEFINE_string("tokenizer", d["tokenizer"], "Tokenizer folder (default: the data's).")
+    flags.DEFINE_integer("num_samples", d["num_samples"], "Generations shown per evaluation (LM).")
+
+
+def run_train() -> dict:
+    from gpt2_tf.training import TrainConfig, train
+
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    cfg = TrainConfig(**{n: getattr(FLAGS, n) for n in names})
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    FLAGS.append_flags_into_file(os.path.join(cfg.output_dir, "flags.txt"))  # --flagfile= reruns it
+    return train(cfg)

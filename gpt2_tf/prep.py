@@ -207,8 +207,8 @@ def prepare(spec: TaskSpec, tokenizer, opts: PrepOptions) -> dict:
         raise ValueError(f"on_error must be 'raise' or 'skip', got {opts.on_error!r}")
     if not 0 < opts.subsample <= 1:
         raise ValueError(f"subsample must be in (0, 1], got {opts.subsample}")
+    opts = dataclasses.replace(opts, task=spec.resolve(dict(opts.task)))  # may fail offline
     _prepare_folder(opts.output_dir, opts.overwrite)
-    opts = dataclasses.replace(opts, task=spec.resolve(dict(opts.task)))
     total, assignment = _first_pass(spec, opts)
     with ShardedWriter(opts.output_dir, opts.num_shards) as writer:
         stats = _second_pass(spec, opts, tokenizer, assignment, total, writer)
