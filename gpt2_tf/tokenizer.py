@@ -75,6 +75,23 @@ def _from_tokenizer_json(path: str):
         )
     if pre.get("add_prefix_space"):
         raise ValueError(f"{path}: pre_tokenizer.add_prefix_space=true is not GPT-2's behaviour")
+    # Settings that change ids; GPT-2 files have none of them, and silently ignoring one would
+    # give ids that differ from transformers'.
+    changes = {
+        "normalizer": d.get("normalizer"),
+        "model.dropout": model.get("dropout"),
+        "model.byte_fallback": model.get("byte_fallback"),
+        "model.ignore_merges": model.get("ignore_merges"),
+        "non-special added_tokens": [
+            t["content"] for t in d.get("added_tokens", []) if not t.get("special")
+        ],
+    }
+    used = {k: v for k, v in changes.items() if v}
+    if used:
+        raise ValueError(
+            f"{path}: {used} would change the ids; gpt2_tf reads GPT-2's byte-level "
+            "BPE without them"
+        )
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     specials = {t["content"]: t["id"] for t in d.get("added_tokens", []) if t.get("special")}
     return model["vocab"], merges, specials
@@ -138,7 +155,7 @@ class GPT2Tokenizer:
         """Writes Hugging Face's `vocab.json` + `merges.txt` (+ a `tokenizer_config.json`)."""
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
-            json.dump(self.encoder, f, ensure_ascii=False)
+            json.dump({**self.encoder, **self.special_tokens}, f, ensure_ascii=False)
         with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
             f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in self.merges))
         config = {
