@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
 .PHONY: install test lint format demo clean prep-dolly prep-emotion prep-rte prep-dictionary \
-        prep-chat prep-text
+        prep-chat prep-text train-dolly train-emotion train-rte train-dictionary train-chat \
+        train-text
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -69,3 +70,28 @@ prep-chat: $(STAMP)
 prep-text: $(STAMP)
 	$(BIN)/python -m pipelines.text_tuning.prep_dataset \
 	  $(if $(TEXT_FILES),--text_files=$(TEXT_FILES)) $(PREP_FLAGS)
+
+# ---- training: make train-<task> [MODEL=tiny|124M|gpt2|/path/to/folder] [DATA=..] [RUN=..] ----
+# MODEL is --init_from: a preset trains from random weights; a folder or hub id fine-tunes it.
+# Rerunning the same command resumes from runs/<task>/checkpoints; pick another RUN= to start anew.
+MODEL ?= tiny
+TRAIN_FLAGS = --init_from=$(MODEL) $(if $(DATA),--data_dir=$(DATA)) $(if $(RUN),--output_dir=$(RUN)) \
+              $(TRAIN_ARGS)
+
+train-dolly: $(STAMP)
+	$(BIN)/python -m pipelines.instruction_tuning.train $(TRAIN_FLAGS)
+
+train-emotion: $(STAMP)
+	$(BIN)/python -m pipelines.classification_tuning.train $(TRAIN_FLAGS)
+
+train-rte: $(STAMP)
+	$(BIN)/python -m pipelines.entailment_tuning.train $(TRAIN_FLAGS)
+
+train-dictionary: $(STAMP)
+	$(BIN)/python -m pipelines.dictionary_tuning.train $(TRAIN_FLAGS)
+
+train-chat: $(STAMP)
+	$(BIN)/python -m pipelines.style_tuning.train $(TRAIN_FLAGS)
+
+train-text: $(STAMP)
+	$(BIN)/python -m pipelines.text_tuning.train $(TRAIN_FLAGS)

@@ -178,3 +178,15 @@ def load_tfrecords(
         ds = ds.repeat()
     ds = ds.map(_parse_fn(meta), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+def split_prompts(folder: str, split: str, n: int) -> list[list[int]]:
+    """The prompts (ids before the first target token) of a split's first `n` LM examples;
+    for plain text, the first half of each example."""
+    x, _, w = next(iter(load_tfrecords(folder, split, n)))
+    prompts = []
+    for ids, mask, weights in zip(x["token_ids"].numpy(), x["padding_mask"].numpy(), w.numpy()):
+        first_target = int(weights.argmax()) + 1 if weights[0] == 0 and weights.any() else 0
+        end = first_target or max(int(mask.sum()) // 2, 1)
+        prompts.append(ids[:end].tolist())
+    return prompts

@@ -1,0 +1,88 @@
+"""What a training run leaves for a person: TensorBoard events, `metrics.csv`, periodic log lines.
+
+TensorBoard runs under `output_dir/tensorboard/{train,validation}`: scalars (loss, perplexity or
+accuracy, learning rate, gradient norm, tokens per second), the run's flags as text, and for LM
+tasks a few sampled generations at each evaluation.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+
+import tensorflow as tf
+from absl import logging
+
+
+class Monitor:
+    def __init__(self, output_dir: str, enabled: bool = True):
+        self.enabled = enabled
+        self.csv_path = os.path.join(output_dir, "metrics.csv")
+        root = os.path.join(output_dir, "tensorboard")
+        self.writers = {}
+        if enabled:
+            self.writers = {
+                s: tf.summary.create_file_writer(os.path.join(root, s))
+                for s in ("train", "validation")
+            }
+        self._last_time, self._last_tokens = time.monotonic(), 0.0
+
+    def flags(self, config: dict) -> None:
+        if not self.enabled:
+            return
+        table = "\n".join(f"| {k} | `{v}` |" for k, v in sorted(config.items()))
+        with self.writers["train"].as_default():
+            tf.summary.text("flags", "| flag | value |\n|---|---|\n" + table, step=0)
+
+    def tokens_per_second(self, total_tokens: float) -> float:
+        now = time.monotonic()
+        rate = (total_tokens - self._last_tokens) / max(now - self._last_time, 1e-9)
+        self._last_time, self._last_tokens = now, total_tokens
+        return rate
+
+    def scalars(self, split: str, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        with self.writers[split].as_default():
+            for name, value in values.items():
+                tf.summary.scalar(name, value, step=step)
+        self.writers[split].flush()
+
+    def text(self, split: str, step: int, name: str, lines: list[str]) -> None:
+        if self.enabled and lines:
+            with self.writers[split].as_default():
+                tf.summary.text(
+                    name, "\n\n".join(f"`{i}` {line}" for i, line in enumerate(lines)), step=step
+                )
+            self.writers[split].flush()
+
+    def log(self, step: int, total: int, values: dict) -> None:
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in values.items())
+        logging.info("step %d/%d  %s", step, total, shown)
+
+    def csv_row(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        new = not os.path.exists(self.csv_path)
+        with open(self.csv_path, "a", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def truncate_csv(self, last_step: int) -> None:
+        """On resume: forget rows logged after the checkpoint the run restarts from."""
+        if not (self.enabled and os.path.exists(self.csv_path)):
+            return
+        with open(self.csv_path, newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= last_step]
+        os.remove(self.csv_path)
+        for row in rows:
+            self.csv_row(row)
+
+
+def write_json(path: str, obj) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, default=str)

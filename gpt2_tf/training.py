@@ -1,0 +1,439 @@
+"""Training from prepared TFRecords: one loop for every task, under any `tf.distribute` strategy.
+
+Why a custom loop rather than `fit`: (1) the LM loss must be the mean over the target tokens of
+the whole global batch, across replicas and accumulation steps, which needs the global token
+count before dividing; (2) gradients are clipped and their norm logged after the all-reduce, as
+in PyTorch DDP; (3) a run killed mid-epoch resumes to the same weights, so the data position and
+the dropout RNG are checkpointed with the model and optimizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from gpt2_tf import losses
+from gpt2_tf.config import PRESETS, GPT2Config
+from gpt2_tf.data import CLASSIFIER, load_tfrecords, read_metadata, split_prompts
+from gpt2_tf.distribute import get_strategy
+from gpt2_tf.lora import enable_lora, save_lora
+from gpt2_tf.model import GPT2Classifier, GPT2LanguageModel
+from gpt2_tf.monitor import Monitor, write_json
+from gpt2_tf.optim import make_optimizer
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    data_dir: str
+    output_dir: str
+    init_from: str = "tiny"  # a preset (random weights), a pretrained folder or a hub id
+    batch_size: int = 8  # global: examples per optimizer step, over all replicas and micro-steps
+    epochs: int = 1
+    max_steps: int = 0  # > 0 overrides epochs
+    learning_rate: float = 5e-4
+    warmup_steps: int = 0
+    schedule: str = "linear"
+    weight_decay: float = 0.01
+    clipnorm: float = 1.0  # 0 disables clipping
+    grad_accum_steps: int = 1
+    dropout: float | None = None  # None keeps the checkpoint's / preset's rate
+    lora_rank: int = 0  # 0 = full fine-tuning
+    lora_alpha: float | None = None
+    lora_targets: tuple[str, ...] = ("c_attn",)
+    pooling: str = "last"  # classifier tasks
+    precision: str = "float32"
+    strategy: str = "auto"
+    eval_every: int = 0  # steps; 0 = at the end of each epoch
+    eval_batches: int = 0  # 0 = the whole validation split
+    save_every: int = 100  # steps between resumable checkpoints
+    early_stopping_patience: int = 0  # evaluations without improvement; 0 = off
+    log_every: int = 10
+    seed: int = 0
+    stage: int = 0  # text_tuning staged data: train on this stage only (0 = all of train)
+    tokenizer: str | None = None  # for the sampled generations in TensorBoard (LM tasks)
+    num_samples: int = 3
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in ("batch_size", "grad_accum_steps", "epochs", "log_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size % self.grad_accum_steps:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not divisible by grad_accum_steps "
+                f"{self.grad_accum_steps}"
+            )
+        self.lora_targets = tuple(self.lora_targets)
+
+
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+def build_model(cfg: TrainConfig, meta: dict):
+    """The task's model from a preset or pretrained weights, with dropout and LoRA applied."""
+    overrides = {} if cfg.dropout is None else {"dropout": cfg.dropout}
+    head = (
+        {"num_classes": len(meta["label_names"]), "pooling": cfg.pooling}
+        if meta["kind"] == CLASSIFIER
+        else {}
+    )
+    cls = GPT2Classifier if head else GPT2LanguageModel
+    if cfg.init_from in PRESETS:  # random weights: widen the position table to fit the data
+        config = GPT2Config.from_preset(cfg.init_from, **overrides)
+        config = config.replace(n_positions=max(config.n_positions, meta["seq_len"]))
+        model = cls(config, **head)
+    else:
+        model = cls.from_pretrained(cfg.init_from, **head)
+        if overrides:  # rebuild with the new rate, same weights
+            fresh = cls(model.config.replace(**overrides), **head)
+            fresh.set_weights(model.get_weights())
+            model = fresh
+    if model.config.n_positions < meta["seq_len"]:
+        raise ValueError(
+            f"{cfg.data_dir}: seq_len {meta['seq_len']} exceeds the model's "
+            f"n_positions {model.config.n_positions}"
+        )
+    if cfg.lora_rank:
+        enable_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+    return model
+
+
+def _train_examples(meta: dict, stage: int) -> int:
+    splits = meta["splits"]
+    if stage:
+        return splits[f"train-stage{stage}"]["examples"]
+    return sum(
+        c["examples"] for s, c in splits.items() if s == "train" or s.startswith("train-stage")
+    )
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg, self.meta = cfg, read_metadata(cfg.data_dir)
+        self.is_lm = self.meta["kind"] != CLASSIFIER
+        keras.utils.set_random_seed(cfg.seed)
+        keras.mixed_precision.set_dtype_policy(cfg.precision)
+        self.strategy = get_strategy(cfg.strategy)
+        self.replicas = self.strategy.num_replicas_in_sync
+        self.micro_batch = cfg.batch_size // cfg.grad_accum_steps
+        if self.micro_batch % self.replicas:
+            raise ValueError(
+                f"micro-batch {self.micro_batch} (batch_size / grad_accum_steps) is "
+                f"not divisible by the {self.replicas} replicas"
+            )
+        self.steps_per_epoch = _train_examples(self.meta, cfg.stage) // cfg.batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"{cfg.data_dir}: fewer training examples than one batch of {cfg.batch_size}"
+            )
+        self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.epochs
+        self.chief = _is_chief(self.strategy)
+        with self.strategy.scope():
+            self.model = build_model(cfg, self.meta)
+            self.optimizer = make_optimizer(
+                cfg.learning_rate,
+                cfg.warmup_steps,
+                self.total_steps,
+                cfg.schedule,
+                cfg.weight_decay,
+                cfg.precision,
+            )
+            self.optimizer.build(self.model.trainable_variables)
+            self.state = {
+                k: tf.Variable(v, dtype=tf.float64, trainable=False)
+                for k, v in (("step", 0), ("best", math.inf), ("bad_evals", 0), ("tokens", 0))
+            }
+        self.monitor = Monitor(cfg.output_dir, enabled=self.chief)
+        self.checkpoint = tf.train.Checkpoint(
+            model={f"v{i}": v for i, v in enumerate(self.model.variables)},
+            optimizer={f"v{i}": v for i, v in enumerate(self.optimizer.variables)},
+            state=self.state,
+        )
+        ckpt_dir = os.path.join(cfg.output_dir, "checkpoints")
+        if not self.chief:  # every worker saves; only the chief's copy is kept
+            ckpt_dir = os.path.join(
+                cfg.output_dir, f"tmp-worker-{self.strategy.cluster_resolver.task_id}"
+            )
+        self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir, max_to_keep=2)
+        self._train_step = self._make_train_step()
+
+    def _state(self, name: str) -> float:
+        return float(self.state[name].numpy())  # .numpy(): also a MirroredVariable's value
+
+    # ---- the step -------------------------------------------------------------------------
+    def _forward_sums(self, x, y, w, training):
+        """(NLL sum, weight sum, correct sum). LM tasks run the [*, vocab] head only where the
+        loss is taken: the same loss, without logits for prompt and padding positions."""
+        if not self.is_lm:
+            return losses.batch_sums(y, self.model(x, training=training), w)
+        hidden = self.model.backbone(x, training=training)  # [B, T, E]
+        keep = w > 0
+        logits = self.model.logits(tf.boolean_mask(hidden, keep))  # [N, V]
+        return losses.batch_sums(tf.boolean_mask(y, keep), logits, tf.boolean_mask(w, keep))
+
+    def _micro(self, batch, acc=None):
+        x, y, w = batch
+        with tf.GradientTape() as tape:
+            nll, count, correct = self._forward_sums(x, y, w, training=True)
+            scaled = (
+                self.optimizer.scale_loss(nll) if hasattr(self.optimizer, "scale_loss") else nll
+            )
+        grads = tape.gradient(scaled, self.model.trainable_variables)
+        # Embedding lookups give IndexedSlices; the tied wte gets a dense head gradient anyway.
+        grads = [tf.convert_to_tensor(g) for g in grads]
+        sums = [nll, count, correct, tf.reduce_sum(tf.cast(x["padding_mask"], tf.float32))]
+        if acc is None:
+            return grads, sums
+        return [a + g for a, g in zip(acc[0], grads)], [a + s for a, s in zip(acc[1], sums)]
+
+    def _apply(self, grads, sums):
+        ctx = tf.distribute.get_replica_context()
+        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        nll, count, correct, tokens = ctx.all_reduce(tf.distribute.ReduceOp.SUM, sums)
+        # Mean over the target tokens (examples) of the whole global batch.
+        grads = [g / tf.maximum(count, 1.0) for g in grads]
+        scale = tf.cast(getattr(self.optimizer, "dynamic_scale", 1.0), tf.float32)
+        norm = tf.linalg.global_norm(grads) / scale
+        if self.cfg.clipnorm > 0:
+            grads, _ = tf.clip_by_global_norm(
+                grads, self.cfg.clipnorm * scale, use_norm=norm * scale
+            )
+        self.optimizer.apply(grads, self.model.trainable_variables)
+        return {
+            "loss": nll / tf.maximum(count, 1.0),
+            "grad_norm": norm,
+            "accuracy": correct / tf.maximum(count, 1.0),
+            "tokens": tokens,
+        }
+
+    def _make_train_step(self):
+        @tf.function
+        def train_step(iterator):
+            acc = self.strategy.run(self._micro, args=(next(iterator),))
+            for _ in range(self.cfg.grad_accum_steps - 1):
+                acc = self.strategy.run(self._micro, args=(next(iterator), acc))
+            out = self.strategy.run(self._apply, args=acc)
+            return {k: self.strategy.reduce("mean", v, axis=None) for k, v in out.items()}
+
+        return train_step
+
+    # ---- data -----------------------------------------------------------------------------
+    def _epoch_dataset(self, epoch: int, skip_steps: int):
+        """Epoch `epoch`'s micro-batches in a fixed seeded order, after `skip_steps` steps."""
+        ds = load_tfrecords(
+            self.cfg.data_dir,
+            "train",
+            self.micro_batch,
+            shuffle=True,
+            seed=self.cfg.seed + epoch,
+            drop_remainder=True,
+            stage=self.cfg.stage or None,
+        )
+        ds = ds.take(self.steps_per_epoch * self.cfg.grad_accum_steps)
+        ds = ds.skip(skip_steps * self.cfg.grad_accum_steps)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA
+        )
+        return self.strategy.experimental_distribute_dataset(ds.with_options(options))
+
+    # ---- evaluation -----------------------------------------------------------------------
+    def evaluate(self, split: str = "validation") -> dict:
+        """Metrics over a split (on every worker, undistributed: models are identical)."""
+        ds = load_tfrecords(self.cfg.data_dir, split, self.micro_batch)
+        if self.cfg.eval_batches:
+            ds = ds.take(self.cfg.eval_batches)
+        nll = count = correct = 0.0
+        labels, preds = [], []
+        for x, y, w in ds:
+            sums = self._eval_step(x, y, w)
+            nll, count, correct = (
+                nll + float(sums[0]),
+                count + float(sums[1]),
+                correct + float(sums[2]),
+            )
+            if not self.is_lm:
+                labels.append(y.numpy())
+                preds.append(sums[3].numpy())
+        out = {"loss": nll / max(count, 1.0)}
+        if self.is_lm:
+            out.update(
+                perplexity=losses.perplexity(nll, count), token_accuracy=correct / max(count, 1.0)
+            )
+        else:
+            confusion = losses.confusion_matrix(
+                np.concatenate(labels), np.concatenate(preds), len(self.meta["label_names"])
+            )
+            out.update(accuracy=correct / max(count, 1.0), macro_f1=losses.macro_f1(confusion))
+        return out
+
+    @tf.function
+    def _eval_step(self, x, y, w):
+        if self.is_lm:
+            return self._forward_sums(x, y, w, training=False)
+        logits = self.model(x, training=False)
+        return (*losses.batch_sums(y, logits, w), tf.argmax(logits, -1, output_type=tf.int32))
+
+    def _evaluate_and_track(self, step: int) -> bool:
+        """Evaluates, keeps `best/`, and says whether early stopping ends the run."""
+        metrics = self.evaluate()
+        self.monitor.scalars("validation", step, metrics)
+        self.monitor.log(step, self.total_steps, {f"val_{k}": v for k, v in metrics.items()})
+        score = metrics["loss"] if self.is_lm else -metrics["accuracy"]  # lower is better
+        if score < self._state("best"):
+            self.state["best"].assign(score)
+            self.state["bad_evals"].assign(0)
+            self._save_model("best")
+        else:
+            self.state["bad_evals"].assign_add(1)
+        if self.is_lm:
+            self.monitor.text("validation", step, "samples", self._samples())
+        self._last_eval = metrics
+        patience = self.cfg.early_stopping_patience
+        return bool(patience) and int(self._state("bad_evals")) >= patience
+
+    def _samples(self) -> list[str]:
+        """A few continuations of validation prompts, greedy, for TensorBoard."""
+        if not self.cfg.num_samples or not self.chief:
+            return []
+        from gpt2_tf.generation import generate
+
+        room = self.model.config.n_positions - 32  # keep a prompt's end if it is too long
+        prompts = [
+            p[-room:] for p in split_prompts(self.cfg.data_dir, "validation", self.cfg.num_samples)
+        ]
+        outs = generate(self.model, prompts, max_new_tokens=32)
+        tok = self.tokenizer
+        return [f"{tok.decode(p)!r} → {tok.decode(o)!r}" for p, o in zip(prompts, outs)]
+
+    # ---- the run --------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if not hasattr(self, "_tokenizer"):
+            from gpt2_tf.tokenizer import GPT2Tokenizer
+
+            self._tokenizer = GPT2Tokenizer.from_pretrained(
+                self.cfg.tokenizer or self.meta["tokenizer"]["source"]
+            )
+        return self._tokenizer
+
+    def _save_model(self, name: str) -> None:
+        if self.chief:
+            folder = os.path.join(self.cfg.output_dir, name)
+            self.model.save_pretrained(folder)
+            self.tokenizer.save_pretrained(folder)
+
+    def _resume(self) -> int:
+        path = self.manager.restore_or_initialize()
+        step = int(self._state("step"))
+        if path:
+            logging.info("resumed from %s at step %d", path, step)
+            self.monitor.truncate_csv(step)
+        else:
+            self.monitor.flags(dataclasses.asdict(self.cfg))
+            if self.chief:
+                write_json(
+                    os.path.join(self.cfg.output_dir, "train_config.json"),
+                    dataclasses.asdict(self.cfg),
+                )
+        return step
+
+    def _after_step(self, step: int, out: dict) -> None:
+        loss = float(out["loss"])
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(
+                f"step {step}: the training loss is {loss}; stopping (lower "
+                "--learning_rate, set --clipnorm, or check the data)"
+            )
+        self.state["step"].assign(step)
+        self.state["tokens"].assign_add(float(out["tokens"]))
+        if step % self.cfg.log_every == 0 or step == self.total_steps:
+            values = {
+                "loss": loss,
+                "grad_norm": float(out["grad_norm"]),
+                "learning_rate": float(self.optimizer.learning_rate),
+                "tokens_per_second": self.monitor.tokens_per_second(self._state("tokens")),
+            }
+            values["perplexity" if self.is_lm else "accuracy"] = (
+                losses.perplexity(loss, 1.0) if self.is_lm else float(out["accuracy"])
+            )
+            self.monitor.scalars("train", step, values)
+            self.monitor.log(step, self.total_steps, values)
+            self._last_train = values
+
+    def _eval_due(self, step: int) -> bool:
+        every = self.cfg.eval_every or self.steps_per_epoch
+        return step % every == 0 or step == self.total_steps
+
+    def run(self) -> dict:
+        step, stop = self._resume(), False
+        self._last_train, self._last_eval = {}, {}
+        while step < self.total_steps and not stop:
+            epoch, offset = divmod(step, self.steps_per_epoch)
+            iterator = iter(self._epoch_dataset(epoch, offset))
+            for _ in range(offset, self.steps_per_epoch):
+                out = self._train_step(iterator)
+                step += 1
+                self._after_step(step, out)
+                if self._eval_due(step):
+                    stop = self._evaluate_and_track(step)
+                    self.monitor.csv_row(
+                        {
+                            "step": step,
+                            "epoch": epoch,
+                            **_prefixed(self._last_train, "train_"),
+                            **_prefixed(self._last_eval, "val_"),
+                        }
+                    )
+                if step % self.cfg.save_every == 0 or stop or step == self.total_steps:
+                    self.manager.save(checkpoint_number=step)
+                if stop or step >= self.total_steps:
+                    break
+        return self._finish(step, stop)
+
+    def _finish(self, step: int, stopped_early: bool) -> dict:
+        self._save_model("final")
+        if self.cfg.lora_rank and self.chief:
+            os.makedirs(os.path.join(self.cfg.output_dir, "lora"), exist_ok=True)
+            save_lora(self.model, os.path.join(self.cfg.output_dir, "lora", "adapters.safetensors"))
+        if not self.chief:
+            shutil.rmtree(self.manager.directory, ignore_errors=True)
+        result = {
+            "steps": step,
+            "stopped_early": stopped_early,
+            "best": self._state("best"),
+            "train": self._last_train,
+            "validation": self._last_eval,
+        }
+        if self.chief:
+            write_json(os.path.join(self.cfg.output_dir, "result.json"), result)
+        return result
+
+
+def _prefixed(values: dict, prefix: str) -> dict:
+    return {prefix + k: v for k, v in values.items()}
+
+
+def _is_chief(strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+    )
+
+
+def train(cfg: TrainConfig) -> dict:
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    return Trainer(cfg).run()

@@ -1,0 +1,276 @@
+"""Training: it learns on real data, masks the prompt, trains only LoRA, distributes, logs,
+resumes after SIGKILL to the same weights, and stops on a NaN loss."""
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gpt2_tf.data import load_tfrecords
+from gpt2_tf.prep import PrepOptions, prepare
+from gpt2_tf.tasks import get_task
+from gpt2_tf.training import NonFiniteLoss, TrainConfig, Trainer
+from tests.conftest import shared
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def dolly_dir(tokenizer, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("dolly64"))
+    task = {"input_jsonl": shared("dolly", "dolly_first743.jsonl")}
+    prepare(get_task("instruction_tuning"), tokenizer, PrepOptions(out, seq_len=64, task=task))
+    return out
+
+
+@pytest.fixture(scope="module")
+def emotion_dir(tokenizer, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("emotion64"))
+    task = {"input": shared("emotion")}
+    prepare(get_task("classification_tuning"), tokenizer, PrepOptions(out, seq_len=64, task=task))
+    return out
+
+
+def config(data_dir, out, **kw):
+    base = dict(
+        data_dir=data_dir,
+        output_dir=str(out),
+        batch_size=8,
+        max_steps=4,
+        log_every=2,
+        save_every=1000,
+        num_samples=0,
+        dropout=0.0,
+        learning_rate=2e-3,
+        strategy="one_device",
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def weights(model):
+    return [np.asarray(v) for v in model.trainable_variables]
+
+
+@pytest.mark.slow
+def test_classifier_beats_majority_on_emotion(emotion_dir, tmp_path):
+    cfg = config(
+        emotion_dir,
+        tmp_path,
+        max_steps=150,
+        batch_size=32,
+        warmup_steps=20,
+        eval_every=150,
+        dropout=0.1,
+    )
+    result = Trainer(cfg).run()
+    meta = json.load(open(os.path.join(emotion_dir, "metadata.json")))
+    counts = meta["class_counts"]["validation"]
+    majority = max(counts.values()) / sum(counts.values())
+    assert result["validation"]["accuracy"] > majority + 0.1, (result, majority)
+    assert os.path.exists(tmp_path / "best" / "model.safetensors")
+
+
+def test_instruction_validation_loss_falls(dolly_dir, tmp_path):
+    trainer = Trainer(config(dolly_dir, tmp_path, max_steps=30, eval_every=30, learning_rate=3e-3))
+    before = trainer.evaluate()["loss"]
+    result = trainer.run()
+    assert result["validation"]["loss"] < before - 0.5, (before, result["validation"])
+    rows = open(tmp_path / "metrics.csv").read().splitlines()
+    assert rows[0].startswith("step,epoch,train_loss") and len(rows) == 2
+
+
+def test_lora_trains_only_adapters(dolly_dir, tmp_path):
+    trainer = Trainer(config(dolly_dir, tmp_path, lora_rank=4, lora_targets=("c_attn", "c_fc")))
+    frozen = {v.path: np.asarray(v).copy() for v in trainer.model.variables if not v.trainable}
+    adapters = {v.path: np.asarray(v).copy() for v in trainer.model.trainable_variables}
+    assert all("lora_kernel" in p for p in adapters) and len(adapters) == 2 * 2 * 2
+    trainer.run()
+    after = {v.path: np.asarray(v) for v in trainer.model.variables}
+    for path, value in frozen.items():
+        if "seed_generator" not in path:
+            np.testing.assert_array_equal(after[path], value, err_msg=path)
+    assert any(np.abs(after[p] - v).max() > 0 for p, v in adapters.items() if "lora_kernel_b" in p)
+    assert os.path.getsize(tmp_path / "lora" / "adapters.safetensors") < 200_000
+
+
+def test_loss_ignores_prompt_targets(dolly_dir, tmp_path):
+    trainer = Trainer(config(dolly_dir, tmp_path))
+    x, y, w = next(iter(load_tfrecords(dolly_dir, "train", 4)))
+    base = trainer._forward_sums(x, y, w, training=False)[0].numpy()
+    y, w = y.numpy(), w.numpy()
+    prompt_pos = np.argwhere((w == 0) & (x["padding_mask"].numpy() == 1))[0]
+    target_pos = np.argwhere(w == 1)[0]
+    for pos, changes in ((prompt_pos, False), (target_pos, True)):
+        changed = y.copy()
+        changed[tuple(pos)] = (changed[tuple(pos)] + 1) % 50257
+        loss = trainer._forward_sums(x, tf.constant(changed), tf.constant(w), training=False)[0]
+        assert (abs(float(loss) - float(base)) > 1e-4) == changes
+
+
+def test_grad_accumulation_equals_one_big_batch(dolly_dir, tmp_path):
+    one = Trainer(config(dolly_dir, tmp_path / "a", max_steps=3))
+    one.run()
+    accumulated = Trainer(config(dolly_dir, tmp_path / "b", max_steps=3, grad_accum_steps=2))
+    accumulated.run()
+    for a, b in zip(weights(one.model), weights(accumulated.model)):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_nan_loss_stops_and_names_the_step(dolly_dir, tmp_path):
+    trainer = Trainer(
+        config(
+            dolly_dir,
+            tmp_path,
+            max_steps=20,
+            learning_rate=1e9,
+            clipnorm=0.0,
+            warmup_steps=0,
+            schedule="constant",
+        )
+    )
+    with pytest.raises(NonFiniteLoss, match=r"step \d+: the training loss is (nan|inf)"):
+        trainer.run()
+
+
+def test_early_stopping(dolly_dir, tmp_path):
+    cfg = config(
+        dolly_dir,
+        tmp_path,
+        max_steps=12,
+        eval_every=2,
+        learning_rate=0.0,
+        early_stopping_patience=2,
+        schedule="constant",
+    )
+    result = Trainer(cfg).run()
+    assert result["stopped_early"] and result["steps"] == 6  # best at 2, no gain at 4 and 6
+
+
+def test_tensorboard_tags(dolly_dir, tmp_path):
+    Trainer(config(dolly_dir, tmp_path, max_steps=4, eval_every=2, num_samples=2)).run()
+    tags = {}
+    for split in ("train", "validation"):
+        folder = tmp_path / "tensorboard" / split
+        for name in os.listdir(folder):
+            for event in tf.compat.v1.train.summary_iterator(str(folder / name)):
+                for value in event.summary.value:
+                    tags.setdefault(split, set()).add(value.tag)
+    assert {
+        "loss",
+        "perplexity",
+        "learning_rate",
+        "grad_norm",
+        "tokens_per_second",
+        "flags",
+    } <= tags["train"]
+    assert {"loss", "perplexity", "token_accuracy", "samples"} <= tags["validation"]
+    for sub in ("checkpoints", "best", "final"):
+        assert os.path.isdir(tmp_path / sub)
+    assert (tmp_path / "train_config.json").exists() and (tmp_path / "result.json").exists()
+
+
+# ---- separate processes: tf.distribute and SIGKILL -----------------------------------------
+def worker(cfg: TrainConfig, folder, cpus=1, env=None):
+    cfg_path, npz = os.path.join(folder, "cfg.json"), os.path.join(folder, "weights.npz")
+    os.makedirs(folder, exist_ok=True)
+    with open(cfg_path, "w") as f:
+        json.dump(dataclasses.asdict(cfg), f)
+    cmd = [sys.executable, "-m", "tests.train_worker", cfg_path, npz, str(cpus)]
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ), npz
+
+
+def finish(proc, timeout=300):
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def load_npz(path):
+    with np.load(path) as f:
+        return [f[k] for k in sorted(f.files, key=lambda k: int(k.split("_")[1]))]
+
+
+@pytest.mark.slow
+def test_mirrored_equals_one_device(dolly_dir, tmp_path):
+    cfg = config(dolly_dir, tmp_path / "mirrored", max_steps=3, strategy="mirrored")
+    proc, npz = worker(cfg, str(tmp_path / "mirrored"), cpus=2)
+    out = finish(proc)
+    assert "REPLICAS 2" in out
+    single = Trainer(config(dolly_dir, tmp_path / "one", max_steps=3))
+    single.run()
+    mirrored = load_npz(npz)
+    for a, b in zip(weights(single.model), mirrored):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_multi_worker_mirrored_two_processes(dolly_dir, tmp_path):
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
+    procs = []
+    for i in range(2):
+        cfg = config(dolly_dir, tmp_path / "run", max_steps=3, strategy="multi_worker_mirrored")
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        procs.append(worker(cfg, str(tmp_path / f"w{i}"), env={"TF_CONFIG": tf_config}))
+    for proc, _ in procs:
+        finish(proc)
+    w0, w1 = (load_npz(npz) for _, npz in procs)
+    for a, b in zip(w0, w1):
+        np.testing.assert_array_equal(a, b)
+    assert (tmp_path / "run" / "final" / "model.safetensors").exists()  # written by the chief
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_gives_the_same_weights(dolly_dir, tmp_path):
+    # 320 examples / 16 = 20 steps an epoch: the run crosses an epoch; dropout tests the RNG.
+    def cfg(name):
+        return config(
+            dolly_dir,
+            tmp_path / name,
+            max_steps=30,
+            batch_size=16,
+            save_every=4,
+            dropout=0.1,
+            eval_every=10,
+        )
+
+    whole, whole_npz = worker(cfg("whole"), str(tmp_path / "whole"))
+    killed, _ = worker(cfg("killed"), str(tmp_path / "killed"))
+    marker = tmp_path / "killed" / "checkpoints" / "ckpt-12.index"
+    deadline = time.monotonic() + 240
+    while not marker.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert killed.poll() is None, "the run ended before it could be killed"
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "final").exists()
+    resumed, resumed_npz = worker(cfg("killed"), str(tmp_path / "killed"))
+    out = finish(resumed)
+    assert json.loads(out.split("RESULT ", 1)[1])["steps"] == 30
+    finish(whole)
+    for a, b in zip(load_npz(whole_npz), load_npz(resumed_npz)):
+        np.testing.assert_array_equal(a, b)
