@@ -8,6 +8,7 @@ PYTEST_ARGS ?=
 .PHONY: install test lint format demo clean prep-dolly prep-emotion prep-rte prep-dictionary \
         prep-chat prep-text train-dolly train-emotion train-rte train-dictionary train-chat \
         train-text
+# test-<task> and export-<task> are pattern rules below (make skips those for .PHONY names).
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -95,3 +96,23 @@ train-chat: $(STAMP)
 
 train-text: $(STAMP)
 	$(BIN)/python -m pipelines.text_tuning.train $(TRAIN_FLAGS)
+
+# ---- running and exporting a trained model: make test-<task> PROMPT="..." / make export-<task> --
+# RUN is the training output folder (default runs/<task>); its final/ model is used.
+PROMPT ?=
+INPUT_FILE ?=
+model_dir = $(if $(RUN),--model_dir=$(RUN)/final)
+TEST_FLAGS = $(model_dir) $(if $(PROMPT),--prompt="$(PROMPT)") $(if $(INPUT_FILE),--input_file=$(INPUT_FILE)) $(TEST_ARGS)
+EXPORT_FLAGS = $(model_dir) $(if $(EXPORT_DIR),--export_dir=$(EXPORT_DIR)) $(EXPORT_ARGS)
+TASK_dolly = instruction_tuning
+TASK_emotion = classification_tuning
+TASK_rte = entailment_tuning
+TASK_dictionary = dictionary_tuning
+TASK_chat = style_tuning
+TASK_text = text_tuning
+
+test-%: $(STAMP)
+	$(BIN)/python -m pipelines.$(TASK_$*).test $(TEST_FLAGS)
+
+export-%: $(STAMP)
+	$(BIN)/python -m pipelines.$(TASK_$*).export $(EXPORT_FLAGS)

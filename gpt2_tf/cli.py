@@ -123,3 +123,63 @@ def run_train() -> dict:
     os.makedirs(cfg.output_dir, exist_ok=True)
     FLAGS.append_flags_into_file(os.path.join(cfg.output_dir, "flags.txt"))  # --flagfile= reruns it
     return train(cfg)
+
+
+def define_test_flags(task: str) -> None:
+    from gpt2_tf.generation import SAMPLERS
+
+    flags.DEFINE_string("model_dir", os.path.join("runs", task, "final"), "A trained model folder.")
+    flags.DEFINE_multi_string("prompt", [], "An input text (repeat the flag for more).")
+    flags.DEFINE_string(
+        "input_file",
+        None,
+        "Inputs: JSONL (fields per line, e.g. instruction, "
+        "context, premise, hypothesis, word) or one text a line.",
+    )
+    flags.DEFINE_string("output_file", None, "Also write the results here as JSONL.")
+    flags.DEFINE_integer("max_new_tokens", 64, "Tokens generated per input (LM tasks).")
+    flags.DEFINE_enum("sampler", "greedy", list(SAMPLERS), "Sampling method (LM tasks).")
+    flags.DEFINE_float("temperature", 0.8, "Sampling temperature.")
+    flags.DEFINE_integer("top_k", 50, "top_k sampler: keep this many tokens.")
+    flags.DEFINE_float("top_p", 0.9, "top_p sampler: nucleus mass.")
+    flags.DEFINE_integer("seed", 0, "Sampling seed.")
+
+
+def run_test() -> list[dict]:
+    import json
+
+    from gpt2_tf.inference import load_trained, predict, read_inputs
+
+    model, tokenizer, task = load_trained(FLAGS.model_dir)
+    generation = {
+        k: getattr(FLAGS, k)
+        for k in ("max_new_tokens", "sampler", "temperature", "top_k", "top_p", "seed")
+    }
+    inputs = read_inputs(FLAGS.prompt, FLAGS.input_file)
+    results = predict(
+        model, tokenizer, task, inputs, **(generation if task["kind"] != "classifier" else {})
+    )
+    lines = [json.dumps({"input": i, **r}, ensure_ascii=False) for i, r in zip(inputs, results)]
+    print("\n".join(lines))
+    if FLAGS.output_file:
+        with open(FLAGS.output_file, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+    return results
+
+
+def define_export_flags(task: str) -> None:
+    flags.DEFINE_string("model_dir", os.path.join("runs", task, "final"), "A trained model folder.")
+    flags.DEFINE_string(
+        "export_dir", os.path.join("exports", task), "Versions go in <export_dir>/N."
+    )
+    flags.DEFINE_integer("version", None, "Version number (default: the next free one).")
+
+
+def run_export() -> str:
+    from gpt2_tf.export import export_saved_model
+    from gpt2_tf.inference import load_trained
+
+    model, tokenizer, task = load_trained(FLAGS.model_dir)
+    path = export_saved_model(model, tokenizer, FLAGS.export_dir, task, FLAGS.version)
+    print(f"exported {FLAGS.model_dir} -> {path}  (serving_default; see README: Serving)")
+    return path

@@ -1,9 +1,11 @@
 """Generation: KV-cached decoding with greedy, temperature, top-k and top-p sampling.
 
-Prompts are left-padded into one batch, so every row writes its next token at the same cache
-slot; positions come from the padding mask (see `model.py`), so padding changes nothing. The
-prefill and the decoding loop run in one `tf.function`; prompt lengths and cache sizes are
-rounded up to buckets, so calls with similar sizes reuse one trace.
+One decoding loop (`decode`) serves the library and the SavedModel export. Prompts are
+left-padded into one batch so every row writes its next token at the same cache slot; positions
+come from the padding mask (see `model.py`), so padding changes nothing. Sampling settings are
+tensors (temperature <= 0 means greedy, top_k 0 and top_p 1.0 mean "off"), so every sampler runs
+in one compiled function. The library rounds prompt length, new-token count and batch size up to
+buckets, so calls of similar sizes reuse one trace.
 """
 
 from __future__ import annotations
@@ -14,80 +16,114 @@ SAMPLERS = ("greedy", "temperature", "top_k", "top_p")
 BUCKET = 32  # prompt length and new-token count round up to a multiple of this
 
 
+def _top_k_filter(logits, k):
+    kth = tf.math.top_k(logits, k=k).values[:, -1:]  # [B, 1]
+    return tf.where(logits < kth, float("-inf"), logits)
+
+
+def _top_p_filter(logits, p):
+    """Keeps the most likely tokens up to and including the one whose mass crosses `p`."""
+    sorted_logits = tf.sort(logits, direction="DESCENDING")  # [B, V]
+    probs = tf.nn.softmax(sorted_logits)
+    before = tf.cumsum(probs, axis=-1, exclusive=True)  # mass of the tokens ranked above
+    cutoff = tf.reduce_min(tf.where(before < p, sorted_logits, float("inf")), -1, keepdims=True)
+    return tf.where(logits < cutoff, float("-inf"), logits)
+
+
+def sample(logits, temperature, top_k, top_p, seed):
+    """[B] int32 ids from [B, V] float32 logits; `seed` is a stateless [2] int32 seed."""
+
+    def draw():
+        x = logits / temperature
+        x = tf.cond(top_k > 0, lambda: _top_k_filter(x, top_k), lambda: x)
+        x = tf.cond(top_p < 1.0, lambda: _top_p_filter(x, top_p), lambda: x)
+        return tf.random.stateless_categorical(x, 1, seed, dtype=tf.int32)[:, 0]
+
+    return tf.cond(temperature > 0, draw, lambda: tf.argmax(logits, -1, output_type=tf.int32))
+
+
+def decode(
+    model,
+    prompt_ids,
+    prompt_mask,
+    max_new_tokens,
+    cache_extra,
+    temperature,
+    top_k,
+    top_p,
+    seed,
+    stop_ids,
+):
+    """The decoding loop, in graph. prompt_ids/mask [B, P] left-padded; rows whose mask is all
+    zero are batch filler. Returns (new ids [B, max_new_tokens], padded with the first stop id
+    or 0, and lengths [B]: tokens up to and including the stop token)."""
+    backbone = model.backbone
+    b, p = tf.shape(prompt_ids)[0], tf.shape(prompt_ids)[1]
+    mask = tf.concat([prompt_mask, tf.ones([b, cache_extra], prompt_mask.dtype)], 1)  # [B, P + X]
+    cache = backbone.init_cache(b, p + cache_extra)
+    hidden, cache = backbone.call_with_cache(prompt_ids, mask, cache, 0)
+    logits = model.logits(hidden[:, -1:])[:, 0]  # [B, V]
+    done = tf.reduce_max(prompt_mask, 1) == 0  # filler rows start done
+    lengths = tf.zeros([b], tf.int32)
+    out = tf.TensorArray(tf.int32, size=max_new_tokens, element_shape=[None])
+    pad = stop_ids[0] if stop_ids.shape[0] else 0
+
+    def step(t, logits, cache, done, lengths, out):
+        tok = sample(logits, temperature, top_k, top_p, tf.stack([seed, t]))
+        tok = tf.where(done, pad, tok)
+        lengths += tf.cast(~done, tf.int32)
+        done |= tf.reduce_any(tok[:, None] == stop_ids[None, :], -1)
+        hidden, cache = backbone.call_with_cache(tok[:, None], mask, cache, p + t)
+        return t + 1, model.logits(hidden)[:, 0], cache, done, lengths, out.write(t, tok)
+
+    def running(t, logits, cache, done, lengths, out):
+        return (t < max_new_tokens) & ~tf.reduce_all(done)
+
+    *_, lengths, out = tf.while_loop(running, step, (0, logits, cache, done, lengths, out))
+    ids = tf.transpose(out.stack())  # [B, steps taken]
+    fill = tf.fill([b, max_new_tokens - tf.shape(ids)[1]], pad)
+    return tf.concat([ids, fill], 1), lengths
+
+
 def _bucket(n: int, size: int = BUCKET) -> int:
     return max(size, -(-n // size) * size)
 
 
-def filter_logits(logits, sampler: str, top_k, top_p):
-    """Masks [B, V] float32 logits outside the top-k / nucleus to -inf (greedy: untouched).
-
-    Top-p keeps the smallest set of most likely tokens whose probability reaches `top_p`,
-    including the token that crosses it.
-    """
-    if sampler == "top_k":
-        kth = tf.math.top_k(logits, k=top_k).values[:, -1:]  # [B, 1]
-        return tf.where(logits < kth, float("-inf"), logits)
-    if sampler == "top_p":
-        sorted_logits = tf.sort(logits, direction="DESCENDING")  # [B, V]
-        cum = tf.cumsum(tf.nn.softmax(sorted_logits), axis=-1)
-        # A sorted token is kept when the mass before it is below top_p.
-        keep = (cum - tf.nn.softmax(sorted_logits)) < top_p
-        cutoff = tf.reduce_min(tf.where(keep, sorted_logits, float("inf")), axis=-1, keepdims=True)
-        return tf.where(logits < cutoff, float("-inf"), logits)
-    return logits
+def _batch_bucket(n: int) -> int:
+    return 1 << (n - 1).bit_length()  # 1, 2, 4, 8, ...
 
 
-def next_tokens(logits, sampler, temperature, top_k, top_p, seed):
-    """[B] int32 next ids from [B, V] float32 logits; `seed` is a stateless [2] seed."""
-    if sampler == "greedy":
-        return tf.argmax(logits, -1, output_type=tf.int32)
-    logits = filter_logits(logits / temperature, sampler, top_k, top_p)
-    return tf.random.stateless_categorical(logits, 1, seed, dtype=tf.int32)[:, 0]
+def sampler_settings(sampler: str, temperature: float, top_k: int, top_p: float):
+    """(temperature, top_k, top_p) tensors' values for a named sampler."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if sampler != "greedy" and temperature <= 0:
+        raise ValueError(f"sampler {sampler!r} needs temperature > 0, got {temperature}")
+    if sampler == "top_k" and top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if sampler == "top_p" and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    return {
+        "greedy": (0.0, 0, 1.0),
+        "temperature": (temperature, 0, 1.0),
+        "top_k": (temperature, top_k, 1.0),
+        "top_p": (temperature, 0, top_p),
+    }[sampler]
 
 
 class Generator:
     """Compiled generation for one model; reuse it so traces are reused too."""
 
     def __init__(self, model, jit_compile: bool = False):
-        self.model = model
-        self.backbone = model.backbone
-        self._fn = {}
-        self.jit_compile = jit_compile
-        self.traces = 0  # counts tf.function traces (tests check that buckets avoid retracing)
+        self.model, self.traces = model, 0  # traces: counted so tests can check the buckets
 
-    def _compiled(self, sampler: str):
-        if sampler not in self._fn:
-            self._fn[sampler] = tf.function(
-                lambda *a: self._loop(sampler, *a), jit_compile=self.jit_compile
+        def fn(ids, mask, max_new, extra, temperature, top_k, top_p, seed, stop_ids):
+            self.traces += 1
+            return decode(
+                model, ids, mask, max_new, extra, temperature, top_k, top_p, seed, stop_ids
             )
-        return self._fn[sampler]
 
-    def _loop(
-        self, sampler, prompt_ids, prompt_mask, max_new, temperature, top_k, top_p, seed, stop_ids
-    ):
-        """prompt_ids/mask [B, P] left-padded; returns new ids [B, N] and counts [B] (N static)."""
-        self.traces += 1
-        b, p = tf.shape(prompt_ids)[0], prompt_ids.shape[1]
-        n = max_new.shape[0]  # a dummy [N] tensor carries the bucketed length as a static shape
-        mask = tf.concat([prompt_mask, tf.ones([b, n], prompt_mask.dtype)], 1)  # [B, P + N]
-        cache = self.backbone.init_cache(b, p + n)
-        hidden, cache = self.backbone.call_with_cache(prompt_ids, mask, cache, 0)
-        logits = self.model.logits(hidden[:, -1:])[:, 0]  # [B, V]
-        out = tf.TensorArray(tf.int32, size=n)
-        done = tf.zeros([b], tf.bool)
-        limit = tf.reduce_sum(max_new)  # the caller's max_new_tokens (N is its bucket)
-        for t in tf.range(n):
-            tok = next_tokens(logits, sampler, temperature, top_k, top_p, seed + tf.stack([0, t]))
-            tok = tf.where(done | (t >= limit), -1, tok)
-            out = out.write(t, tok)
-            done |= tf.reduce_any(tok[:, None] == stop_ids[None, :], -1) | (t >= limit)
-            if tf.reduce_all(done):
-                break
-            hidden, cache = self.backbone.call_with_cache(
-                tf.maximum(tok, 0)[:, None], mask, cache, p + t
-            )
-            logits = self.model.logits(hidden)[:, 0]
-        return tf.transpose(out.stack())  # [B, steps]; -1 after a row stopped
+        self._fn = tf.function(fn, jit_compile=jit_compile)
 
     def __call__(
         self,
@@ -99,55 +135,94 @@ class Generator:
         top_p: float = 0.9,
         seed: int = 0,
         stop_token_ids=(),
-        pad_id: int = 0,
     ) -> list[list[int]]:
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-        if not prompts or any(len(p) == 0 for p in prompts):
+        """New ids per prompt, up to and including the first stop id."""
+        settings = sampler_settings(sampler, temperature, top_k, top_p)
+        if not prompts or any(len(x) == 0 for x in prompts):
             raise ValueError("every prompt needs at least one token")
-        p = _bucket(max(map(len, prompts)))
-        n = _bucket(max_new_tokens)
-        if p + n > self.model.config.n_positions:
-            p = max(map(len, prompts))
-            n = max_new_tokens
-        if p + n > self.model.config.n_positions:
-            raise ValueError(
-                f"prompt ({p}) + new tokens ({n}) exceed n_positions "
-                f"{self.model.config.n_positions}"
-            )
-        ids = [[pad_id] * (p - len(x)) + list(x) for x in prompts]
-        mask = [[0] * (p - len(x)) + [1] * len(x) for x in prompts]
-        budget = tf.constant([1] * max_new_tokens + [0] * (n - max_new_tokens), tf.int32)  # [N]
-        stops = tf.constant(list(stop_token_ids) or [-2], tf.int32)
-        new = self._compiled(sampler)(
-            tf.constant(ids, tf.int32),
-            tf.constant(mask, tf.int32),
-            budget,
-            tf.constant(temperature, tf.float32),
-            tf.constant(top_k, tf.int32),
-            tf.constant(top_p, tf.float32),
-            tf.constant([seed, 0], tf.int32),
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        p, n, b = (
+            _bucket(max(map(len, prompts))),
+            _bucket(max_new_tokens),
+            _batch_bucket(len(prompts)),
+        )
+        limit = self.model.config.n_positions
+        if p + n > limit:  # no room to round up: use exact sizes
+            p, n = max(map(len, prompts)), max_new_tokens
+        if p + n > limit:
+            raise ValueError(f"prompt ({p}) + new tokens ({n}) exceed n_positions {limit}")
+        rows = list(prompts) + [[]] * (b - len(prompts))
+        ids = tf.constant([[0] * (p - len(x)) + list(x) for x in rows], tf.int32)
+        mask = tf.constant([[0] * (p - len(x)) + [1] * len(x) for x in rows], tf.int32)
+        stops = tf.constant(list(stop_token_ids), tf.int32, shape=[len(stop_token_ids)])
+        # The loop bound is a tensor (no retrace); the cache size `n` is the bucket (static).
+        new, lengths = self._fn(
+            ids,
+            mask,
+            tf.constant(max_new_tokens, tf.int32),
+            n,
+            *map(tf.constant, settings),
+            tf.constant(seed, tf.int32),
             stops,
         )
-        return [_cut(row, stop_token_ids) for row in new.numpy().tolist()]
+        new, lengths = new.numpy(), lengths.numpy()
+        return [new[i, : lengths[i]].tolist() for i in range(len(prompts))]
 
 
-def _cut(row: list[int], stop_ids) -> list[int]:
-    """New ids up to and including the first stop id; -1 marks the end."""
-    out = []
-    for t in row:
-        if t < 0:
-            break
-        out.append(t)
-        if t in stop_ids:
-            break
-    return out
+def _cut_at_stop_string(text: str, stop_strings) -> str:
+    cuts = [text.find(s) for s in stop_strings if s and s in text]
+    return text[: min(cuts)] if cuts else text
 
 
-def generate(model, prompts, max_new_tokens: int, **kwargs) -> list[list[int]]:
-    """Token-id prompts -> new token ids per prompt (see `Generator.__call__` for options)."""
-    generator = getattr(model, "_gpt2_tf_generator", None)
+def generate(
+    model,
+    prompts,
+    max_new_tokens: int = 64,
+    sampler: str = "greedy",
+    temperature: float = 1.0,
+    top_k: int = 50,
+    top_p: float = 0.9,
+    seed: int = 0,
+    stop_token_ids=None,
+    stop_strings=(),
+    tokenizer=None,
+):
+    """Continues each prompt: strings in -> strings out (the continuation, without the stop
+    token), token-id lists in -> new id lists (with the stop id, as Hugging Face returns it).
+
+    Stops per row at `<|endoftext|>` (or `stop_token_ids`) and at the first of `stop_strings`
+    (the text is cut there). String prompts need a tokenizer; the default is GPT-2's.
+    """
+    texts = isinstance(prompts, str) or (prompts and isinstance(prompts[0], str))
+    single = isinstance(prompts, str) or (prompts and isinstance(prompts[0], int))
+    batch = [prompts] if single else list(prompts)
+    if texts or stop_strings:
+        if tokenizer is None:
+            from gpt2_tf.tokenizer import GPT2Tokenizer
+
+            tokenizer = GPT2Tokenizer.from_pretrained()
+    if stop_token_ids is None:
+        stop_token_ids = (model.config.eos_token_id,)
+    ids = [tokenizer.encode(x) for x in batch] if texts else [list(x) for x in batch]
+    generator = getattr(model, "_generator", None)
     if generator is None:
-        generator = Generator(model)
-        model._gpt2_tf_generator = generator
-    return generator(prompts, max_new_tokens, **kwargs)
+        generator = model._generator = Generator(model)
+    new = generator(ids, max_new_tokens, sampler, temperature, top_k, top_p, seed, stop_token_ids)
+    if texts:
+        stops = set(stop_token_ids)
+        out = [tokenizer.decode([t for t in row if t not in stops]) for row in new]
+        out = [_cut_at_stop_string(x, stop_strings) for x in out]
+    elif stop_strings:
+        out = [_trim_ids(tokenizer, row, stop_strings) for row in new]
+    else:
+        out = new
+    return out[0] if single else out
+
+
+def _trim_ids(tokenizer, ids: list[int], stop_strings) -> list[int]:
+    """The shortest prefix of `ids` whose text holds a stop string (all of them if none)."""
+    for end in range(1, len(ids) + 1):
+        if any(s in tokenizer.decode(ids[:end]) for s in stop_strings):
+            return ids[:end]
+    return ids

@@ -177,6 +177,12 @@ class GPT2LanguageModel(_WithBackbone):
     def get_config(self):
         return self._base_config()
 
+    def generate(self, prompts, max_new_tokens: int = 64, **kwargs):
+        """KV-cached generation; see `gpt2_tf.generation.generate` for the options."""
+        from gpt2_tf.generation import generate
+
+        return generate(self, prompts, max_new_tokens, **kwargs)
+
     def export_hf(self, folder: str, tokenizer=None) -> None:
         """Writes a folder that `transformers.GPT2LMHeadModel.from_pretrained` loads."""
         from gpt2_tf.weights import export_hf

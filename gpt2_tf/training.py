@@ -23,6 +23,7 @@ from gpt2_tf import losses
 from gpt2_tf.config import PRESETS, GPT2Config
 from gpt2_tf.data import CLASSIFIER, load_tfrecords, read_metadata, split_prompts
 from gpt2_tf.distribute import get_strategy
+from gpt2_tf.export import TASK_FILE
 from gpt2_tf.lora import enable_lora, save_lora
 from gpt2_tf.model import GPT2Classifier, GPT2LanguageModel
 from gpt2_tf.monitor import Monitor, write_json
@@ -329,10 +330,15 @@ class Trainer:
         return self._tokenizer
 
     def _save_model(self, name: str) -> None:
+        """A from_pretrained folder (LoRA folded in), its tokenizer and `task.json`, which the
+        test and export pipelines read."""
         if self.chief:
             folder = os.path.join(self.cfg.output_dir, name)
             self.model.save_pretrained(folder)
             self.tokenizer.save_pretrained(folder)
+            keys = ("task", "kind", "seq_len", "template", "label_names", "eos_id")
+            task = {k: self.meta[k] for k in keys if k in self.meta}
+            write_json(os.path.join(folder, TASK_FILE), task)
 
     def _resume(self) -> int:
         path = self.manager.restore_or_initialize()

@@ -166,8 +166,10 @@ def read_openai(folder: str):
         state[by_openai[var]] = value[0] if value.ndim == 3 else value
     missing = [name for name, hf in by_openai.items() if hf not in state]
     if unexpected or missing:
-        raise KeyError(f"{folder}: missing checkpoint variables {sorted(missing)[:10]}; "
-                       f"unexpected checkpoint variables {sorted(unexpected)[:10]}")
+        raise KeyError(
+            f"{folder}: missing checkpoint variables {sorted(missing)[:10]}; "
+            f"unexpected checkpoint variables {sorted(unexpected)[:10]}"
+        )
     return config, state, {}
 
 

@@ -85,3 +85,47 @@ def tokenizer():
 @pytest.fixture(scope="session")
 def reference():
     return reference_encoding()
+
+
+def _prepared(tokenizer, folder, task, seq_len, **options):
+    from gpt2_tf.prep import PrepOptions, prepare
+    from gpt2_tf.tasks import get_task
+
+    prepare(get_task(task), tokenizer, PrepOptions(str(folder), seq_len=seq_len, task=options))
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def dolly_dir(tokenizer, tmp_path_factory):
+    """The real Dolly sample prepared at seq_len 64 (320 train examples)."""
+    return _prepared(
+        tokenizer,
+        tmp_path_factory.mktemp("dolly64"),
+        "instruction_tuning",
+        64,
+        input_jsonl=shared("dolly", "dolly_first743.jsonl"),
+    )
+
+
+@pytest.fixture(scope="session")
+def emotion_dir(tokenizer, tmp_path_factory):
+    """The real emotion set prepared at seq_len 64."""
+    return _prepared(
+        tokenizer,
+        tmp_path_factory.mktemp("emotion64"),
+        "classification_tuning",
+        64,
+        input=shared("emotion"),
+    )
+
+
+@pytest.fixture(scope="session")
+def rte_dir(tokenizer, tmp_path_factory):
+    """GLUE RTE prepared at seq_len 128."""
+    return _prepared(
+        tokenizer,
+        tmp_path_factory.mktemp("rte128"),
+        "entailment_tuning",
+        128,
+        input_dir=shared("glue_rte"),
+    )

@@ -15,28 +15,9 @@ import pytest
 import tensorflow as tf
 
 from gpt2_tf.data import load_tfrecords
-from gpt2_tf.prep import PrepOptions, prepare
-from gpt2_tf.tasks import get_task
 from gpt2_tf.training import NonFiniteLoss, TrainConfig, Trainer
-from tests.conftest import shared
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def dolly_dir(tokenizer, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("dolly64"))
-    task = {"input_jsonl": shared("dolly", "dolly_first743.jsonl")}
-    prepare(get_task("instruction_tuning"), tokenizer, PrepOptions(out, seq_len=64, task=task))
-    return out
-
-
-@pytest.fixture(scope="module")
-def emotion_dir(tokenizer, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("emotion64"))
-    task = {"input": shared("emotion")}
-    prepare(get_task("classification_tuning"), tokenizer, PrepOptions(out, seq_len=64, task=task))
-    return out
 
 
 def config(data_dir, out, **kw):

@@ -55,6 +55,9 @@ class TaskSpec:
     notes: tuple[str, ...] = ()  # facts a reader of metadata.json should know
     # options -> options with the source settled (a hub download, the bundled sample), run once
     resolve: Callable[[dict], dict] = lambda options: options
+    # an inference input (fields such as {"text": ...}) -> the ids the model sees, as in prep:
+    # LM tasks the prompt, classifiers the whole input with its <|endoftext|>
+    prompt: Callable[[dict, EncodeContext], list[int]] | None = None
 
     def __post_init__(self):
         if self.kind not in (LM, CLASSIFIER):

@@ -116,6 +116,11 @@ def encode(row: Row, ctx: EncodeContext, names: tuple[str, ...] = LABELS) -> Enc
     return Encoded(ids[:keep] + [ctx.tokenizer.eos_id], label=label, truncated=len(ids) > keep)
 
 
+def prompt(fields: dict, ctx: EncodeContext) -> list[int]:
+    ids = ctx.tokenizer.encode(fields["text"])[: ctx.seq_len - 1]
+    return ids + [ctx.tokenizer.eos_id]
+
+
 def source(options: dict) -> dict:
     if options.get("hub_files"):
         return {"hub_id": HUB_ID, "paths": list(options["hub_files"].values())}
@@ -132,6 +137,7 @@ TASK = TaskSpec(
     encode=encode,
     resolve=resolve,
     source=source,
+    prompt=prompt,
     template=TEMPLATE,
     label_names=LABELS,
     seq_len=128,

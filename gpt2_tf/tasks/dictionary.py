@@ -136,6 +136,15 @@ def encode(row: Row, ctx: EncodeContext) -> Encoded:
     return _forward(ctx.tokenizer, word, definition, examples, ctx.seq_len)
 
 
+def prompt(fields: dict, ctx: EncodeContext) -> list[int]:
+    """{"word": w} asks for a definition; {"definition": d} (reverse) asks for the word."""
+    if fields.get("definition"):
+        return ctx.tokenizer.encode(
+            DEFINITION_PROMPT.format(definition=clean(fields["definition"]))
+        )
+    return ctx.tokenizer.encode(WORD_PROMPT.format(word=fields.get("word") or fields["text"]))
+
+
 def source(options: dict) -> dict:
     return {"paths": [options["input_jsonl"]]}
 
@@ -147,6 +156,7 @@ TASK = TaskSpec(
     encode=encode,
     resolve=resolve,
     source=source,
+    prompt=prompt,
     template=(
         f"forward: {WORD_PROMPT}{DEFINITION_TARGET}{EXAMPLE}<|endoftext|>   (the Example "
         f"line only when the sense has one: its first)   reverse: {DEFINITION_PROMPT}"

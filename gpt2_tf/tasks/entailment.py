@@ -104,6 +104,13 @@ def encode(row: Row, ctx: EncodeContext) -> Encoded:
     return Encoded(ids + [ctx.tokenizer.eos_id], label=label, truncated=truncated)
 
 
+def prompt(fields: dict, ctx: EncodeContext) -> list[int]:
+    parts = [fields.get("premise") or fields["text"], fields.get("hypothesis", "")]
+    return _fit(ctx.tokenizer, parts, ctx.seq_len - 1)[0][: ctx.seq_len - 1] + [
+        ctx.tokenizer.eos_id
+    ]
+
+
 def source(options: dict) -> dict:
     if options.get("tfds"):
         return {"tfds": TFDS_NAME, "data_dir": options["tfds_data_dir"]}
@@ -117,6 +124,7 @@ TASK = TaskSpec(
     encode=encode,
     resolve=resolve,
     source=source,
+    prompt=prompt,
     template=TEMPLATE,
     label_names=LABELS,
     fractions=(("train", 0.9), ("validation", 0.1)),

@@ -80,6 +80,11 @@ def encode(row: Row, ctx: EncodeContext) -> Encoded:
     return Encoded(prompt, target, truncated=truncated)
 
 
+def prompt(fields: dict, ctx: EncodeContext) -> list[int]:
+    instruction = fields.get("instruction") or fields["text"]
+    return _fit(ctx.tokenizer, instruction, fields.get("context") or "", ctx.seq_len)[0]
+
+
 def source(options: dict) -> dict:
     path = options["input_jsonl"]
     return {"paths": [path], "bundled_sample": path == BUNDLED}
@@ -92,6 +97,7 @@ TASK = TaskSpec(
     encode=encode,
     resolve=resolve,
     source=source,
+    prompt=prompt,
     template=WITH_CONTEXT + "{response}<|endoftext|>   (### Context section only when non-empty)",
     seq_len=512,
     notes=("loss on the response and its <|endoftext|> only (prompt_length marks the prompt)",),

@@ -400,6 +400,12 @@ def encode(row: Row, ctx: EncodeContext) -> Encoded:
     return Encoded(prompt, target, truncated=truncated)
 
 
+def prompt(fields: dict, ctx: EncodeContext) -> list[int]:
+    """{"text": "A: hi\\nB: hello\\nA: how are you?", "speaker": "B"} -> B's reply prompt."""
+    text = fields["text"].rstrip("\n")
+    return ctx.tokenizer.encode(text + PROMPT_END.format(target=fields.get("speaker", "B")))
+
+
 def source(options: dict) -> dict:
     return {"paths": [options["chat_file"]]}
 
@@ -411,6 +417,7 @@ TASK = TaskSpec(
     encode=encode,
     resolve=resolve,
     source=source,
+    prompt=prompt,
     template=f"{TURN}\n{TURN}\n…{PROMPT_END}{TARGET}<|endoftext|>   (the last --context_turns "
     "turns, oldest first, then the --target_speaker)",
     seq_len=256,

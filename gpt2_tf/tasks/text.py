@@ -180,6 +180,10 @@ def encode(row: Row, ctx: EncodeContext) -> Encoded:
     return Encoded(prompt_ids=[], target_ids=tok.encode(row.fields["text"]) + [tok.eos_id])
 
 
+def prompt(fields: dict, ctx: EncodeContext) -> list[int]:
+    return ctx.tokenizer.encode(fields["text"])  # continue the text as it stands
+
+
 def source(options: dict) -> dict:
     return {"paths": text_files(options)}
 
@@ -190,6 +194,7 @@ TASK = TaskSpec(
     read=read,
     encode=encode,
     source=source,
+    prompt=prompt,
     template="{text}<|endoftext|>{next document}...  (packed, cut into seq_len blocks)",
     pack=True,
     seq_len=256,

@@ -1,0 +1,16 @@
+"""Export a trained classification_tuning model as a SavedModel for serving (make export-...)."""
+
+from absl import app
+
+from gpt2_tf import cli
+
+cli.define_export_flags("classification_tuning")
+
+
+def main(argv):
+    del argv
+    cli.run_export()
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,16 @@
+"""Run a trained style_tuning model on --prompt / --input_file inputs (make test-...)."""
+
+from absl import app
+
+from gpt2_tf import cli
+
+cli.define_test_flags("style_tuning")
+
+
+def main(argv):
+    del argv
+    cli.run_test()
+
+
+if __name__ == "__main__":
+    app.run(main)

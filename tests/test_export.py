@@ -1,0 +1,188 @@
+"""SavedModel export and the test pipelines: a fresh process with TensorFlow alone loads the
+export, and its outputs equal the library's."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gpt2_tf.export import export_saved_model
+from gpt2_tf.inference import load_trained, predict
+from gpt2_tf.training import TrainConfig, Trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+PROMPTS = [
+    "The weather today",
+    "Once upon a time",
+    "",
+    "GPT-2 is",
+    "Hello world",
+    "A",
+    "1 2 3",
+    "Zoë's café serves",
+]
+
+
+def trained(data_dir, out, **kw):
+    cfg = TrainConfig(
+        data_dir=data_dir,
+        output_dir=str(out),
+        max_steps=2,
+        batch_size=8,
+        num_samples=0,
+        log_every=1,
+        strategy="one_device",
+        **kw,
+    )
+    Trainer(cfg).run()
+    return str(out / "final")
+
+
+@pytest.fixture(scope="module")
+def lm_dir(dolly_dir, tmp_path_factory):
+    return trained(dolly_dir, tmp_path_factory.mktemp("lm_run"))
+
+
+def in_fresh_process(code: str) -> dict:
+    """Runs `code` with only TensorFlow imported; it prints one JSON line."""
+    prelude = "import json, sys\nimport tensorflow as tf\n"
+    check = "\nassert 'gpt2_tf' not in sys.modules and 'keras_hub' not in sys.modules\n"
+    out = subprocess.run(
+        [sys.executable, "-c", prelude + code + check],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd="/",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_lm_export_serves_strings_like_generate(lm_dir, tmp_path):
+    model, tokenizer, _ = load_trained(lm_dir)
+    path = export_saved_model(model, tokenizer, str(tmp_path / "exports"))
+    assert path.endswith(os.path.join("exports", "1"))
+    served = in_fresh_process(f"""
+f = tf.saved_model.load({path!r}).signatures["serving_default"]
+res = {{}}
+for n in (1, 8):
+    out = f(prompts=tf.constant({PROMPTS!r}[:n]), max_new_tokens=tf.constant(12),
+            temperature=tf.constant(0.0), top_k=tf.constant(0), top_p=tf.constant(1.0),
+            seed=tf.constant(0))
+    res[n] = {{k: v.numpy().tolist() for k, v in out.items()}}
+    res[n]["outputs"] = [x.decode("utf-8", "replace") for x in res[n]["outputs"]]
+print(json.dumps(res))
+""")
+    prompts = [p or "<|endoftext|>" for p in PROMPTS]  # an empty prompt continues from EOT
+    ids = [tokenizer.encode(p, allow_special=True) for p in prompts]
+    expected = model.generate(ids, 12, stop_token_ids=(tokenizer.eos_id,))
+    for n in ("1", "8"):
+        got = served[n]
+        for i, row in enumerate(expected[: int(n)]):
+            assert got["output_ids"][i][: got["lengths"][i]] == row
+            text = tokenizer.decode([t for t in row if t != tokenizer.eos_id])
+            assert got["outputs"][i] == text
+
+
+@pytest.mark.slow
+def test_saved_model_cli_shows_and_runs(lm_dir, tmp_path):
+    model, tokenizer, _ = load_trained(lm_dir)
+    path = export_saved_model(model, tokenizer, str(tmp_path / "exports"), version=3)
+    cli = os.path.join(BIN, "saved_model_cli")
+    shown = subprocess.run([cli, "show", "--all", "--dir", path], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    for name in (
+        "serving_default",
+        "prompts",
+        "max_new_tokens",
+        "outputs",
+        "output_ids",
+        "lengths",
+    ):
+        assert name in shown.stdout
+    exprs = 'prompts=["Hello world"];max_new_tokens=5;temperature=0.0;top_k=0;top_p=1.0;seed=0'
+    ran = subprocess.run(
+        [
+            cli,
+            "run",
+            "--dir",
+            path,
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+            "--input_exprs",
+            exprs,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert "outputs" in ran.stdout and "lengths" in ran.stdout
+
+
+@pytest.mark.slow
+def test_classifier_export_and_test_pipeline(emotion_dir, tmp_path):
+    model_dir = trained(emotion_dir, tmp_path / "run")
+    model, tokenizer, task = load_trained(model_dir)
+    texts = ["i feel so happy today", "i am scared of the dark", "this makes me furious"]
+    expected = predict(model, tokenizer, task, [{"text": t} for t in texts])
+    path = export_saved_model(model, tokenizer, str(tmp_path / "exports"), task)
+    served = in_fresh_process(f"""
+out = tf.saved_model.load({path!r}).signatures["serving_default"](texts=tf.constant({texts!r}))
+print(json.dumps({{"p": out["probabilities"].numpy().tolist(),
+                  "labels": [x.decode() for x in out["labels"].numpy()]}}))
+""")
+    names = task["label_names"]
+    for got, labels, want in zip(served["p"], served["labels"], expected):
+        np.testing.assert_allclose(got, [want["probabilities"][n] for n in names], atol=1e-4)
+        assert labels == want["label"]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.classification_tuning.test",
+            f"--model_dir={model_dir}",
+            "--prompt=i feel so happy today",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    assert line["label"] == expected[0]["label"] and set(line["probabilities"]) == set(names)
+
+
+@pytest.mark.slow
+def test_entailment_export_takes_premises_and_hypotheses(rte_dir, tmp_path):
+    model_dir = trained(rte_dir, tmp_path / "run", lora_rank=4)
+    model, tokenizer, task = load_trained(model_dir)
+    pairs = [("A dog runs in the park.", "An animal is outside."), ("It rained.", "It was dry.")]
+    expected = predict(model, tokenizer, task, [{"premise": p, "hypothesis": h} for p, h in pairs])
+    path = export_saved_model(model, tokenizer, str(tmp_path / "exports"), task)
+    served = in_fresh_process(f"""
+f = tf.saved_model.load({path!r}).signatures["serving_default"]
+premises = tf.constant({[p for p, _ in pairs]!r})
+out = f(premises=premises, hypotheses=tf.constant({[h for _, h in pairs]!r}))
+print(json.dumps({{"p": out["probabilities"].numpy().tolist()}}))
+""")
+    for got, want in zip(served["p"], expected):
+        np.testing.assert_allclose(
+            got, [want["probabilities"][n] for n in task["label_names"]], atol=1e-4
+        )
+
+
+def test_instruction_prompts_use_the_training_template(lm_dir, tokenizer):
+    model, tok, task = load_trained(lm_dir)
+    out = predict(model, tok, task, [{"instruction": "Name a colour."}], max_new_tokens=3)
+    assert out[0]["prompt"] == "### Instruction:\nName a colour.\n\n### Response:\n"
+    assert isinstance(out[0]["output"], str)
+    with pytest.raises(FileNotFoundError, match="no task.json"):
+        load_trained(os.path.dirname(lm_dir))

@@ -1,0 +1,123 @@
+"""Generation: greedy equals Hugging Face's, samplers keep what they should, seeds reproduce,
+rows stop on their own, and similar sizes reuse one trace."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gpt2_tf import GPT2LanguageModel
+from gpt2_tf.generation import Generator, _top_p_filter, sample
+
+PROMPTS = [[464, 2068, 7586, 21831, 18045], [15496], [40, 588, 257]]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """A random transformers GPT2LMHeadModel and the same weights loaded here."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=128)
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    folder = str(tmp_path_factory.mktemp("hf"))
+    hf.save_pretrained(folder)
+    return hf, GPT2LanguageModel.from_pretrained(folder)
+
+
+def test_greedy_equals_transformers_on_a_ragged_batch(pair):
+    torch = pytest.importorskip("torch")
+    hf, ours = pair
+    width = max(map(len, PROMPTS))
+    ids = torch.tensor([[50256] * (width - len(p)) + p for p in PROMPTS])  # left padding
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in PROMPTS])
+    with torch.no_grad():
+        ref = hf.generate(
+            ids,
+            attention_mask=mask,
+            max_new_tokens=24,
+            do_sample=False,
+            pad_token_id=50256,
+            eos_token_id=None,
+        )[:, width:].tolist()
+    assert ours.generate(PROMPTS, 24, stop_token_ids=()) == ref
+
+
+def test_greedy_equals_full_forward_argmax(pair):
+    _, model = pair
+    out = model.generate(PROMPTS[0], 6, stop_token_ids=())
+    ids = list(PROMPTS[0])
+    for _ in range(6):
+        logits = model({"token_ids": np.array([ids]), "padding_mask": np.ones((1, len(ids)))})
+        ids.append(int(np.argmax(logits[0, -1])))
+    assert out == ids[len(PROMPTS[0]) :]
+
+
+def test_top_p_keeps_the_token_that_crosses_p():
+    logits = tf.math.log([[0.5, 0.3, 0.15, 0.05]])
+    kept = lambda p: np.isfinite(_top_p_filter(logits, p).numpy()[0]).tolist()  # noqa: E731
+    assert kept(0.5) == [True, False, False, False]  # 0.5 reaches p by itself
+    assert kept(0.6) == [True, True, False, False]  # 0.5 < 0.6: the second token crosses
+    assert kept(0.81) == [True, True, True, False]
+    draws = {int(sample(logits, 1.0, 0, 0.6, tf.constant([s, 0]))[0]) for s in range(200)}
+    assert draws == {0, 1}
+
+
+def test_top_k_never_leaves_the_top_k():
+    logits = tf.random.stateless_normal([4, 1000], seed=[1, 2]) * 3
+    top = tf.math.top_k(logits, 5).indices.numpy()
+    for s in range(100):
+        ids = sample(logits, 2.0, 5, 1.0, tf.constant([s, 7])).numpy()
+        assert all(ids[r] in top[r] for r in range(4))
+
+
+def test_seed_reproduces_samples(pair):
+    _, model = pair
+    kwargs = dict(sampler="top_p", temperature=1.0, top_p=0.95, stop_token_ids=())
+    a = model.generate(PROMPTS, 12, seed=3, **kwargs)
+    assert a == model.generate(PROMPTS, 12, seed=3, **kwargs)
+    assert a != model.generate(PROMPTS, 12, seed=4, **kwargs)
+
+
+def test_each_row_stops_at_its_stop_token(pair):
+    _, model = pair
+    free = model.generate(PROMPTS, 10, stop_token_ids=())
+    stop = free[0][3]
+    assert stop not in free[1]
+    out = model.generate(PROMPTS, 10, stop_token_ids=[stop])
+    assert out[0] == free[0][: free[0].index(stop) + 1]  # ends with the stop id
+    assert out[1] == free[1]  # the other row runs on
+
+
+def test_strings_in_strings_out_and_stop_strings(pair, tokenizer):
+    _, model = pair
+    ids = model.generate("The quick brown", 8, stop_token_ids=(), tokenizer=tokenizer)
+    full = tokenizer.decode(
+        model.generate(tokenizer.encode("The quick brown"), 8, stop_token_ids=())
+    )
+    assert isinstance(ids, str) and ids == full
+    stop = full[len(full) // 2 :][:2]
+    cut = model.generate(
+        ["The quick brown"], 8, stop_token_ids=(), stop_strings=[stop], tokenizer=tokenizer
+    )
+    assert cut == [full[: full.find(stop)]]
+
+
+def test_similar_sizes_reuse_one_trace(pair):
+    _, model = pair
+    generator = Generator(model)
+    generator([[1, 2, 3]] * 3, 5)
+    generator([[4] * 20, [5], [6, 7], [8]], 30)  # same buckets: 32-token prompts, 32 new, batch 4
+    generator([[9] * 7] * 3, 12, sampler="top_k", temperature=0.7, top_k=4)
+    assert generator.traces == 1
+    generator([[1] * 40], 5)  # a longer prompt: a new bucket
+    assert generator.traces == 2
+
+
+def test_bad_arguments(pair):
+    _, model = pair
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        model.generate([[1]], 2, sampler="beam")
+    with pytest.raises(ValueError, match="exceed n_positions 128"):
+        model.generate([[1] * 120], 20)
+    with pytest.raises(ValueError, match="at least one token"):
+        model.generate([[]], 2)
