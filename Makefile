@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format demo clean prep-dolly prep-emotion prep-rte prep-dictionary \
+.PHONY: install test lint format demo bench clean prep-dolly prep-emotion prep-rte prep-dictionary \
         prep-chat prep-text train-dolly train-emotion train-rte train-dictionary train-chat \
         train-text
 # test-<task> and export-<task> are pattern rules below (make skips those for .PHONY names).
@@ -22,16 +22,22 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check gpt2_tf pipelines tests
-	$(BIN)/ruff format --check gpt2_tf pipelines tests
+	$(BIN)/ruff check gpt2_tf pipelines tests benchmarks
+	$(BIN)/ruff format --check gpt2_tf pipelines tests benchmarks
 
 format: $(STAMP)
-	$(BIN)/ruff format gpt2_tf pipelines tests
-	$(BIN)/ruff check --fix gpt2_tf pipelines tests
+	$(BIN)/ruff format gpt2_tf pipelines tests benchmarks
+	$(BIN)/ruff check --fix gpt2_tf pipelines tests benchmarks
 
 # The main job on the embedded default (offline: bundled sample, small model).
 demo: $(STAMP)
 	$(BIN)/python -m pipelines.demo
+
+# gpt2_tf against Hugging Face transformers and keras-hub (GPT-2 124M shape); under 15 minutes.
+# Writes benchmarks/results/bench.{md,json}. BENCH_ARGS=--quick for a tiny-model smoke run.
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

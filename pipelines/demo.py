@@ -1,7 +1,8 @@
 """`make demo`: the main job end to end on the embedded default, offline.
 
 Prep the instruction sample bundled with gpt2_tf into TFRecords, fine-tune a small randomly
-initialised GPT-2 on it (response-only loss), and generate answers to held-out instructions.
+initialised GPT-2 on it (response-only loss), generate answers to held-out instructions, and
+export a SavedModel that answers a string with a string.
 With --init_from=gpt2 (online) or a pretrained folder the same run fine-tunes real GPT-2.
 """
 
@@ -31,7 +32,10 @@ flags.DEFINE_integer("seed", 0, "Random seed.")
 
 def main(argv):
     del argv
+    import tensorflow as tf
+
     from gpt2_tf.data import split_prompts
+    from gpt2_tf.export import export_saved_model
     from gpt2_tf.generation import generate
     from gpt2_tf.prep import PrepOptions, prepare
     from gpt2_tf.tasks import get_task
@@ -75,6 +79,18 @@ def main(argv):
     )
     for prompt, out in zip(prompts, outputs):
         print(f"\n{tokenizer.decode(prompt)}{tokenizer.decode(out)!r}")
+    export = export_saved_model(trainer.model, tokenizer, os.path.join(FLAGS.output_dir, "exports"))
+    serve = tf.saved_model.load(export).signatures["serving_default"]
+    reply = serve(
+        prompts=tf.constant([tokenizer.decode(prompts[0])]),
+        max_new_tokens=tf.constant(16),
+        temperature=tf.constant(0.0),
+        top_k=tf.constant(0),
+        top_p=tf.constant(1.0),
+        seed=tf.constant(0),
+    )
+    text, n = reply["outputs"][0].numpy().decode(), int(reply["lengths"][0])
+    print(f"\nSavedModel {export} (string in, string out): {text!r} ({n} tokens, EOT included)")
     print(f"\ndemo finished in {time.monotonic() - start:.0f} s")
 
 

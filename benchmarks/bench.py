@@ -1,0 +1,171 @@
+"""`make bench`: gpt2_tf against Hugging Face transformers (PyTorch) and keras-hub, one machine.
+
+Each case runs in its own process (`benchmarks/cases.py`), so its peak resident memory is its
+own. Writes `benchmarks/results/bench.md` and `bench.json`: the machine, each figure (median of
+timed repetitions after warm-up), the ratio gpt2_tf / best other system, and the fraction of the
+machine's measured matrix-multiply rate each system reaches (training ~6 x parameters FLOPs per
+token, LoRA ~4 x, generation ~2 x).
+
+    python -m benchmarks.bench [--quick] [--only train,generate,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+PARAMS_124M = 124_439_808  # GPT-2 124M with the tied head
+
+
+def run_case(name: str, args: dict, timeout: int = 900) -> dict:
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cases", name, json.dumps(args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        print(f"  {name} {args}: FAILED: {tail[0][:200]}", flush=True)
+        return {"error": tail[0][:300]}
+    result = json.loads(lines[-1][len("RESULT ") :])
+    print(
+        f"  {name} {args.get('system', '')} {args}: {_short(result)}  "
+        f"({time.monotonic() - start:.0f} s)",
+        flush=True,
+    )
+    return result
+
+
+def _short(result: dict) -> str:
+    keys = (
+        "tokens_per_second",
+        "new_tokens_per_second",
+        "texts_per_second",
+        "examples_per_second",
+        "peak_rss_mb",
+    )
+    return ", ".join(f"{k} {result[k]:.1f}" for k in keys if k in result)
+
+
+def plan(quick: bool) -> dict:
+    size = dict(preset="tiny", seq_len=64) if quick else dict(preset="124M", seq_len=256)
+    reps = dict(warmup=1, reps=2) if quick else dict(warmup=1, reps=3)
+    train = [
+        (
+            "train",
+            system,
+            precision,
+            lora,
+            dict(batch=4, lora_rank=lora, precision=precision, **size, **reps),
+        )
+        for precision in ("float32", "mixed_bfloat16")
+        for lora in (0, 8)
+        for system in ("train_ours", "train_hf", "train_keras_hub")
+    ]
+    gen = [
+        (
+            "generate",
+            system,
+            batch,
+            None,
+            dict(
+                batch=batch,
+                prompt_len=32,
+                new_tokens=16 if quick else 128,
+                preset=size["preset"],
+                **reps,
+            ),
+        )
+        for batch in (1, 8)
+        for system in ("generate_ours", "generate_saved_model", "generate_hf", "generate_keras_hub")
+    ]
+    tok = [
+        ("tokenize", "tokenize", s, None, dict(system=s, warmup=1, reps=3))
+        for s in ("gpt2_tf", "gpt2_tf_graph", "tiktoken", "hf_tokenizers")
+    ]
+    prep = [
+        ("prep", "prep", d, None, dict(data=d, warmup=0, reps=1 if quick else 3))
+        for d in ("emotion", "dolly")
+    ]
+    machine = [("matmul", "matmul", None, None, dict(n=1024 if quick else 2048, reps=5))]
+    return {"train": train, "generate": gen, "tokenize": tok, "prep": prep, "matmul": machine}
+
+
+def machine_info() -> dict:
+    import importlib.metadata as md
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    versions = {}
+    for pkg in (
+        "tensorflow",
+        "keras",
+        "keras-hub",
+        "torch",
+        "transformers",
+        "tokenizers",
+        "tiktoken",
+    ):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), **versions}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny model, a smoke test")
+    parser.add_argument("--only", default="", help="comma list of groups: " + ",".join(plan(True)))
+    opts = parser.parse_args()
+    groups = plan(opts.quick)
+    wanted = opts.only.split(",") if opts.only else list(groups)
+    rows, start = [], time.monotonic()
+    for group in wanted:
+        print(f"[{group}]", flush=True)
+        for _, case, variant, lora, args in groups[group]:
+            rows.append(
+                {
+                    "group": group,
+                    "case": case,
+                    "variant": variant,
+                    "lora": lora,
+                    "args": args,
+                    "result": run_case(case, args),
+                }
+            )
+    report = {
+        "machine": machine_info(),
+        "quick": opts.quick,
+        "rows": rows,
+        "wall_seconds": time.monotonic() - start,
+    }
+    os.makedirs(RESULTS, exist_ok=True)
+    name = "bench-quick" if opts.quick else "bench"
+    with open(os.path.join(RESULTS, f"{name}.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    from benchmarks.report import markdown
+
+    text = markdown(report, PARAMS_124M if not opts.quick else None)
+    with open(os.path.join(RESULTS, f"{name}.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

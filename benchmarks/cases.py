@@ -1,0 +1,386 @@
+"""One benchmark case per process (so peak memory is that case's): prints one JSON line.
+
+    python -m benchmarks.cases CASE '{"key": value, ...}'
+
+Every timing is the median of `reps` runs after `warmup` runs. Models have random weights in
+the GPT-2 124M shape unless `preset` says otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+SHARED = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data"
+)
+
+
+def timed(fn, warmup: int, reps: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---- gpt2_tf -------------------------------------------------------------------------------
+def _synthetic_lm_data(folder: str, seq_len: int, examples: int, vocab: int = 50257) -> str:
+    """A prepared LM dataset of random tokens (loss on every token, as in HF's benchmark)."""
+    import numpy as np
+
+    from gpt2_tf.data import ShardedWriter, serialize
+    from gpt2_tf.monitor import write_json
+
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    with ShardedWriter(folder, 1) as writer:
+        for i in range(examples):
+            writer.write(
+                "train", serialize(rng.integers(0, vocab, seq_len).tolist(), seq_len, i, 0), seq_len
+            )
+            writer.write("validation", serialize([1] * seq_len, seq_len, i, 0), seq_len)
+    write_json(
+        os.path.join(folder, "metadata.json"),
+        {
+            "task": "bench",
+            "kind": "lm",
+            "seq_len": seq_len,
+            "pad_id": 50256,
+            "eos_id": 50256,
+            "splits": writer.counts,
+            "tokenizer": {"source": None, "sha256": ""},
+        },
+    )
+    return folder
+
+
+def train_ours(a: dict) -> dict:
+    import tempfile
+
+    from gpt2_tf.training import TrainConfig, Trainer
+
+    steps = a["warmup"] + a["reps"]
+    data = _synthetic_lm_data(tempfile.mkdtemp(), a["seq_len"], a["batch"] * (steps + 1))
+    cfg = TrainConfig(
+        data_dir=data,
+        output_dir=tempfile.mkdtemp(),
+        init_from=a["preset"],
+        batch_size=a["batch"],
+        max_steps=steps,
+        precision=a["precision"],
+        lora_rank=a["lora_rank"],
+        strategy="one_device",
+        dropout=0.0,
+        num_samples=0,
+        clipnorm=1.0,
+        weight_decay=0.01,
+    )
+    trainer = Trainer(cfg)
+    iterator = iter(trainer._epoch_dataset(0, 0))
+    seconds = timed(lambda: float(trainer._train_step(iterator)["loss"]), a["warmup"], a["reps"])
+    return {
+        "seconds_per_step": seconds,
+        "tokens_per_second": a["batch"] * a["seq_len"] / seconds,
+        "parameters": trainer.model.count_params(),
+    }
+
+
+def _ours_model(preset: str):
+    import keras
+
+    from gpt2_tf import GPT2Config, GPT2LanguageModel
+
+    keras.utils.set_random_seed(0)
+    return GPT2LanguageModel(GPT2Config.from_preset(preset))
+
+
+def generate_ours(a: dict) -> dict:
+    import numpy as np
+
+    model = _ours_model(a["preset"])
+    prompts = np.random.default_rng(0).integers(0, 50000, (a["batch"], a["prompt_len"])).tolist()
+    run = lambda: model.generate(prompts, a["new_tokens"], stop_token_ids=())  # noqa: E731
+    seconds = timed(run, a["warmup"], a["reps"])
+    return {"seconds": seconds, "new_tokens_per_second": a["batch"] * a["new_tokens"] / seconds}
+
+
+def generate_saved_model(a: dict) -> dict:
+    import tempfile
+
+    import numpy as np
+    import tensorflow as tf
+
+    from gpt2_tf.export import export_saved_model
+    from gpt2_tf.tokenizer import GPT2Tokenizer
+
+    tok = GPT2Tokenizer.from_pretrained(os.path.join(SHARED, "gpt2_tokenizer"))
+    path = export_saved_model(_ours_model(a["preset"]), tok, tempfile.mkdtemp(), version=1)
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    words = np.random.default_rng(0).integers(1000, 20000, (a["batch"], a["prompt_len"]))
+    prompts = tf.constant([tok.decode(row) for row in words.tolist()])
+    args = dict(
+        max_new_tokens=tf.constant(a["new_tokens"]),
+        temperature=tf.constant(0.0),
+        top_k=tf.constant(0),
+        top_p=tf.constant(1.0),
+        seed=tf.constant(0),
+    )
+    # Greedy may stop early at <|endoftext|>; count the tokens actually produced.
+    produced = int(tf.reduce_sum(serve(prompts=prompts, **args)["lengths"]))
+    seconds = timed(lambda: serve(prompts=prompts, **args), a["warmup"], a["reps"])
+    return {"seconds": seconds, "new_tokens_per_second": produced / seconds}
+
+
+# ---- Hugging Face transformers + PyTorch ---------------------------------------------------
+def _hf_model(preset: str):
+    import torch
+    import transformers
+
+    from gpt2_tf import GPT2Config
+
+    c = GPT2Config.from_preset(preset)
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_layer=c.n_layer,
+        n_head=c.n_head,
+        n_embd=c.n_embd,
+        n_positions=c.n_positions,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    return transformers.GPT2LMHeadModel(config)
+
+
+def train_hf(a: dict) -> dict:
+    import contextlib
+
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
+    model = _hf_model(a["preset"]).train()
+    if a["lora_rank"]:
+        import peft
+
+        model = peft.get_peft_model(
+            model,
+            peft.LoraConfig(
+                r=a["lora_rank"],
+                lora_alpha=a["lora_rank"],
+                target_modules=["c_attn"],
+                fan_in_fan_out=True,
+            ),
+        )
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+    ids = torch.randint(0, 50257, (a["batch"], a["seq_len"]))
+    bf16 = a["precision"] == "mixed_bfloat16"
+
+    def step():
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with ctx:
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    seconds = timed(step, a["warmup"], a["reps"])
+    return {"seconds_per_step": seconds, "tokens_per_second": a["batch"] * a["seq_len"] / seconds}
+
+
+def generate_hf(a: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
+    model = _hf_model(a["preset"]).eval()
+    ids = torch.randint(0, 50000, (a["batch"], a["prompt_len"]))
+    mask = torch.ones_like(ids)
+
+    def run():
+        with torch.no_grad():
+            model.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=a["new_tokens"],
+                min_new_tokens=a["new_tokens"],
+                do_sample=False,
+                pad_token_id=50256,
+            )
+
+    seconds = timed(run, a["warmup"], a["reps"])
+    return {"seconds": seconds, "new_tokens_per_second": a["batch"] * a["new_tokens"] / seconds}
+
+
+# ---- keras-hub -----------------------------------------------------------------------------
+def _keras_hub_lm(preset: str, precision: str):
+    import keras
+    import keras_hub
+
+    from gpt2_tf import GPT2Config
+
+    keras.mixed_precision.set_dtype_policy(precision)
+    keras.utils.set_random_seed(0)
+    c = GPT2Config.from_preset(preset)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=c.vocab_size,
+        num_layers=c.n_layer,
+        num_heads=c.n_head,
+        hidden_dim=c.n_embd,
+        intermediate_dim=4 * c.n_embd,
+        max_sequence_length=c.n_positions,
+        dropout=0.0,
+    )
+    return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+
+
+def train_keras_hub(a: dict) -> dict:
+    import keras
+    import numpy as np
+
+    lm = _keras_hub_lm(a["preset"], a["precision"])
+    if a["lora_rank"]:
+        lm.backbone.enable_lora(a["lora_rank"])
+    opt = keras.optimizers.AdamW(1e-4, weight_decay=0.01, global_clipnorm=1.0)
+    lm.compile(
+        optimizer=opt,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        weighted_metrics=[],
+        jit_compile=False,
+    )
+    ids = (
+        np.random.default_rng(0).integers(0, 50257, (a["batch"], a["seq_len"] + 1)).astype("int32")
+    )
+    x = {"token_ids": ids[:, :-1], "padding_mask": np.ones_like(ids[:, :-1])}
+    seconds = timed(lambda: lm.train_on_batch(x, ids[:, 1:]), a["warmup"], a["reps"])
+    return {"seconds_per_step": seconds, "tokens_per_second": a["batch"] * a["seq_len"] / seconds}
+
+
+def generate_keras_hub(a: dict) -> dict:
+    import numpy as np
+
+    lm = _keras_hub_lm(a["preset"], "float32")
+    total = a["prompt_len"] + a["new_tokens"]
+    ids = np.zeros((a["batch"], total), "int32")
+    ids[:, : a["prompt_len"]] = np.random.default_rng(0).integers(
+        0, 50000, (a["batch"], a["prompt_len"])
+    )
+    mask = np.zeros_like(ids)
+    mask[:, : a["prompt_len"]] = 1
+    inputs = {"token_ids": ids, "padding_mask": mask}
+    run = lambda: lm.generate(inputs, stop_token_ids=None)  # noqa: E731 - greedy by default
+    seconds = timed(run, a["warmup"], a["reps"])
+    return {"seconds": seconds, "new_tokens_per_second": a["batch"] * a["new_tokens"] / seconds}
+
+
+# ---- tokenizers, prep, the machine ---------------------------------------------------------
+def _texts() -> list[str]:
+    with open(os.path.join(SHARED, "emotion", "train.txt"), encoding="utf-8") as f:
+        return [line.rsplit(";", 1)[0] for line in f][1:]
+
+
+def tokenize(a: dict) -> dict:
+    texts, vocab = _texts(), os.path.join(SHARED, "gpt2_tokenizer")
+    if a["system"] == "gpt2_tf":
+        from gpt2_tf.tokenizer import GPT2Tokenizer
+
+        tok = GPT2Tokenizer.from_pretrained(vocab)
+        run = lambda: tok.encode_batch(texts)  # noqa: E731
+    elif a["system"] == "gpt2_tf_graph":
+        import tensorflow as tf
+
+        from gpt2_tf.tokenizer import GPT2Tokenizer
+
+        graph = GPT2Tokenizer.from_pretrained(vocab).graph
+        batch = tf.constant(texts)
+        encode = tf.function(lambda t: graph.encode(t))
+        run = lambda: encode(batch)  # noqa: E731
+    elif a["system"] == "tiktoken":
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tests"))
+        from conftest import reference_encoding
+
+        enc = reference_encoding()
+        run = lambda: enc.encode_ordinary_batch(texts)  # noqa: E731
+    else:  # Hugging Face tokenizers through transformers' fast GPT-2 tokenizer
+        import transformers
+
+        tok = transformers.GPT2TokenizerFast(
+            os.path.join(vocab, "vocab.json"), os.path.join(vocab, "merges.txt")
+        )
+        run = lambda: tok(texts)["input_ids"]  # noqa: E731
+    seconds = timed(run, a["warmup"], a["reps"])
+    return {"seconds": seconds, "texts_per_second": len(texts) / seconds}
+
+
+def prep(a: dict) -> dict:
+    import tempfile
+
+    from gpt2_tf.prep import PrepOptions, prepare
+    from gpt2_tf.tasks import get_task
+    from gpt2_tf.tokenizer import GPT2Tokenizer
+
+    tok = GPT2Tokenizer.from_pretrained(os.path.join(SHARED, "gpt2_tokenizer"))
+    task, options, seq_len = {
+        "emotion": ("classification_tuning", {"input": os.path.join(SHARED, "emotion")}, 128),
+        "dolly": (
+            "instruction_tuning",
+            {"input_jsonl": os.path.join(SHARED, "dolly", "dolly_first743.jsonl")},
+            512,
+        ),
+    }[a["data"]]
+    rows = []
+
+    def run():
+        meta = prepare(get_task(task), tok, PrepOptions(tempfile.mkdtemp(), seq_len, task=options))
+        rows.append(meta["rows"]["read"])
+
+    seconds = timed(run, a["warmup"], a["reps"])
+    return {"seconds": seconds, "rows": rows[-1], "examples_per_second": rows[-1] / seconds}
+
+
+def matmul(a: dict) -> dict:
+    """The machine's dense matrix-multiply rate (FLOP/s) in TensorFlow, float32 and bfloat16."""
+    import tensorflow as tf
+
+    n, out = a["n"], {}
+    for dtype in ("float32", "bfloat16"):
+        x = tf.cast(tf.random.normal([n, n], dtype=tf.float32), dtype)
+        fn = tf.function(lambda x=x: tf.reduce_sum(tf.cast(tf.matmul(x, x)[:1, :1], tf.float32)))
+        seconds = timed(lambda fn=fn: float(fn()), 2, a["reps"])
+        out[dtype] = 2 * n**3 / seconds
+    return out
+
+
+CASES = {
+    f.__name__: f
+    for f in (
+        train_ours,
+        train_hf,
+        train_keras_hub,
+        generate_ours,
+        generate_saved_model,
+        generate_hf,
+        generate_keras_hub,
+        tokenize,
+        prep,
+        matmul,
+    )
+}
+
+if __name__ == "__main__":
+    name, args = sys.argv[1], json.loads(sys.argv[2])
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    result = CASES[name](args)
+    print("RESULT " + json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))

@@ -1,0 +1,93 @@
+"""The Markdown tables of a benchmark run: figures, ratio to the best other system, and the
+fraction of the machine's matrix-multiply rate reached."""
+
+from __future__ import annotations
+
+OURS = ("train_ours", "generate_ours", "generate_saved_model")
+METRIC = {
+    "train": "tokens_per_second",
+    "generate": "new_tokens_per_second",
+    "tokenize": "texts_per_second",
+    "prep": "examples_per_second",
+}
+NAMES = {
+    "train_ours": "gpt2_tf",
+    "train_hf": "HF transformers",
+    "train_keras_hub": "keras-hub",
+    "generate_ours": "gpt2_tf",
+    "generate_saved_model": "gpt2_tf SavedModel",
+    "generate_hf": "HF transformers",
+    "generate_keras_hub": "keras-hub",
+}
+
+
+def _fmt(x, digits=1):
+    return "—" if x is None else f"{x:,.{digits}f}"
+
+
+def _setting(row) -> str:
+    if row["group"] == "train":
+        return f"{'LoRA r8' if row['lora'] else 'full'}, {row['variant']}"
+    if row["group"] == "generate":
+        return f"batch {row['variant']}"
+    if row["group"] == "tokenize":
+        return "emotion train texts"
+    return f"{row['variant']} (prep_dataset)"
+
+
+def _flops_per_token(row, params):
+    if not params:
+        return None
+    if row["group"] == "train":
+        return (4 if row["lora"] else 6) * params
+    return 2 * params if row["group"] == "generate" else None
+
+
+def markdown(report: dict, params: int | None) -> str:
+    m = report["machine"]
+    rate = next((r["result"] for r in report["rows"] if r["group"] == "matmul"), {})
+    lines = [
+        f"# gpt2_tf benchmark{' (quick)' if report['quick'] else ''}",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in m.items() if k not in ("cpu", "cores", "python")),
+        "",
+        f"Matrix multiply (TensorFlow, 2048²): float32 {_fmt(rate.get('float32', 0) / 1e9)} "
+        f"GFLOP/s, bfloat16 {_fmt(rate.get('bfloat16', 0) / 1e9)} GFLOP/s.",
+        "",
+        "| group | setting | system | figure | peak RSS MB | gpt2_tf / best other "
+        "| % of matmul peak |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for group, metric in METRIC.items():
+        rows = [r for r in report["rows"] if r["group"] == group]
+        for setting in dict.fromkeys(_setting(r) for r in rows):
+            same = [r for r in rows if _setting(r) == setting]
+            others = [
+                r["result"].get(metric)
+                for r in same
+                if r["case"] not in OURS
+                and not (group == "tokenize" and r["variant"].startswith("gpt2_tf"))
+            ]
+            best_other = max([x for x in others if x], default=None)
+            for r in same:
+                value = r["result"].get(metric)
+                ours = r["case"] in OURS or (
+                    group == "tokenize" and r["variant"].startswith("gpt2_tf")
+                )
+                ratio = _fmt(value / best_other, 2) + "x" if ours and value and best_other else ""
+                peak = rate.get("bfloat16" if "bfloat16" in setting else "float32")
+                fpt = _flops_per_token(r, params)
+                frac = _fmt(100 * value * fpt / peak, 1) if value and fpt and peak else ""
+                name = NAMES.get(r["case"], "gpt2_tf" if group == "prep" else r["variant"])
+                figure = (
+                    f"{_fmt(value)} {metric.replace('_', ' ')}"
+                    if value
+                    else f"error: {r['result'].get('error', '')[:60]}"
+                )
+                lines.append(
+                    f"| {group} | {setting} | {name} | {figure} | "
+                    f"{_fmt(r['result'].get('peak_rss_mb'), 0)} | {ratio} | {frac} |"
+                )
+    lines += ["", f"Wall time of the run: {report['wall_seconds']:.0f} s."]
+    return "\n".join(lines) + "\n"
