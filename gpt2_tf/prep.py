@@ -55,6 +55,15 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return cached
 
 
+def _tokenizer_files(folder) -> dict[str, str]:
+    """sha256 of each tokenizer file in the folder it was read from."""
+    from gpt2_tf.tokenizer import HF_FILES, OPENAI_FILES, TOKENIZER_JSON
+
+    names = [*OPENAI_FILES, *HF_FILES, TOKENIZER_JSON]
+    paths = [os.path.join(folder or "", n) for n in names]
+    return {os.path.basename(p): file_sha256(p) for p in paths if folder and os.path.exists(p)}
+
+
 def _prepare_folder(folder: str, overwrite: bool) -> None:
     os.makedirs(folder, exist_ok=True)
     old = [n for n in os.listdir(folder) if n.endswith(".tfrecord") or n == METADATA]
@@ -230,7 +239,8 @@ def _metadata(spec, opts, tokenizer, stats, split_counts) -> dict:
         "source": _source_metadata(spec, opts),
         "tokenizer": {
             "source": tokenizer.source,
-            "sha256": tokenizer_fingerprint(tokenizer),
+            "sha256": tokenizer_fingerprint(tokenizer),  # of the contents: same for any layout
+            "files": _tokenizer_files(tokenizer.source),
             "vocab_size": tokenizer.vocab_size,
         },
         "seq_len": opts.seq_len,

@@ -243,6 +243,10 @@ def test_bundled_sample_offline(tokenizer, tmp_path, monkeypatch):
     opts = PrepOptions(output_dir=str(tmp_path / "b"), seq_len=512, task={"input_jsonl": None})
     meta = prepare(TASK, tokenizer, opts)
     assert meta["source"]["bundled_sample"] is True
+    files = meta["tokenizer"]["files"]  # the hashes tiktoken pins for OpenAI's two files
+    assert files["encoder.json"].startswith("196139668be6") and files["vocab.bpe"].startswith(
+        "1ce1664773c5"
+    )
     assert meta["source"]["files"][0]["path"] == BUNDLED
     assert meta["rows"]["read"] == 80 and meta["rows"]["written"] == 80
     assert {s: c["examples"] for s, c in meta["splits"].items()} == {
