@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format demo bench clean prep-dolly prep-emotion prep-rte prep-dictionary \
+.PHONY: install test lint format demo bench app clean prep-dolly prep-emotion prep-rte prep-dictionary \
         prep-chat prep-text train-dolly train-emotion train-rte train-dictionary train-chat \
         train-text
 # test-<task> and export-<task> are pattern rules below (make skips those for .PHONY names).
@@ -32,6 +32,16 @@ format: $(STAMP)
 # The main job on the embedded default (offline: bundled sample, small model).
 demo: $(STAMP)
 	$(BIN)/python -m pipelines.demo
+
+# ---- the browser page: make app [MODEL=runs/<task>/final | exports/<task>[/N]] [PORT=8501] ----
+# (MODEL counts here only when given: its default, tiny, is the training preset.)
+PORT ?= 8501
+APP_MODEL = $(if $(filter command line environment,$(origin MODEL)),$(MODEL),runs/instruction_tuning/final)
+
+app: $(STAMP)
+	$(BIN)/streamlit run gpt2_tf/app.py --server.address=127.0.0.1 --server.port=$(PORT) \
+	  --server.headless=true --browser.gatherUsageStats=false --client.toolbarMode=minimal \
+	  -- --model=$(APP_MODEL)
 
 # gpt2_tf against Hugging Face transformers and keras-hub (GPT-2 124M shape); under 15 minutes.
 # Writes benchmarks/results/bench.{md,json}. BENCH_ARGS=--quick for a tiny-model smoke run.
