@@ -129,3 +129,33 @@ def rte_dir(tokenizer, tmp_path_factory):
         128,
         input_dir=shared("glue_rte"),
     )
+
+
+def train_tiny(data_dir: str, out, **overrides) -> str:
+    """A tiny model trained one step (seconds): a real run folder whose final/ has task.json."""
+    from gpt2_tf.training import TrainConfig, Trainer
+
+    cfg = dict(
+        data_dir=data_dir,
+        output_dir=str(out),
+        max_steps=1,
+        batch_size=4,
+        eval_batches=1,
+        num_samples=0,
+        log_every=1,
+        strategy="one_device",
+    )
+    Trainer(TrainConfig(**{**cfg, **overrides})).run()
+    return os.path.join(str(out), "final")
+
+
+@pytest.fixture(scope="session")
+def lm_dir(dolly_dir, tmp_path_factory):
+    """runs/<task>/final of a tiny instruction-tuned model (shared by export, app, eval tests)."""
+    return train_tiny(dolly_dir, tmp_path_factory.mktemp("lm_run"))
+
+
+@pytest.fixture(scope="session")
+def classifier_dir(emotion_dir, tmp_path_factory):
+    """runs/<task>/final of a tiny emotion classifier."""
+    return train_tiny(emotion_dir, tmp_path_factory.mktemp("classifier_run"))

@@ -14,34 +14,9 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 from gpt2_tf.app import DEFAULT_MODEL, load_model, model_arg, resolve  # noqa: E402
 from gpt2_tf.export import export_saved_model  # noqa: E402
 from gpt2_tf.inference import load_trained, predict  # noqa: E402
-from gpt2_tf.training import TrainConfig, Trainer  # noqa: E402
 
 APP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gpt2_tf", "app.py")
 PROMPT = "Name a colour."
-
-
-def trained(data_dir, out) -> str:
-    cfg = TrainConfig(
-        data_dir=data_dir,
-        output_dir=str(out),
-        max_steps=1,
-        batch_size=4,
-        eval_batches=1,
-        num_samples=0,
-        strategy="one_device",
-    )
-    Trainer(cfg).run()
-    return str(out / "final")
-
-
-@pytest.fixture(scope="module")
-def lm_dir(dolly_dir, tmp_path_factory):
-    return trained(dolly_dir, tmp_path_factory.mktemp("app_lm"))
-
-
-@pytest.fixture(scope="module")
-def classifier_dir(emotion_dir, tmp_path_factory):
-    return trained(emotion_dir, tmp_path_factory.mktemp("app_classifier"))
 
 
 def page(monkeypatch, model: str) -> AppTest:

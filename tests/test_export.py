@@ -11,7 +11,7 @@ import pytest
 
 from gpt2_tf.export import export_saved_model
 from gpt2_tf.inference import load_trained, predict
-from gpt2_tf.training import TrainConfig, Trainer
+from tests.conftest import train_tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -25,26 +25,6 @@ PROMPTS = [
     "1 2 3",
     "Zoë's café serves",
 ]
-
-
-def trained(data_dir, out, **kw):
-    cfg = TrainConfig(
-        data_dir=data_dir,
-        output_dir=str(out),
-        max_steps=2,
-        batch_size=8,
-        num_samples=0,
-        log_every=1,
-        strategy="one_device",
-        **kw,
-    )
-    Trainer(cfg).run()
-    return str(out / "final")
-
-
-@pytest.fixture(scope="module")
-def lm_dir(dolly_dir, tmp_path_factory):
-    return trained(dolly_dir, tmp_path_factory.mktemp("lm_run"))
 
 
 def in_fresh_process(code: str) -> dict:
@@ -127,8 +107,8 @@ def test_saved_model_cli_shows_and_runs(lm_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_classifier_export_and_test_pipeline(emotion_dir, tmp_path):
-    model_dir = trained(emotion_dir, tmp_path / "run")
+def test_classifier_export_and_test_pipeline(classifier_dir, tmp_path):
+    model_dir = classifier_dir
     model, tokenizer, task = load_trained(model_dir)
     texts = ["i feel so happy today", "i am scared of the dark", "this makes me furious"]
     expected = predict(model, tokenizer, task, [{"text": t} for t in texts])
@@ -162,7 +142,7 @@ print(json.dumps({{"p": out["probabilities"].numpy().tolist(),
 
 @pytest.mark.slow
 def test_entailment_export_takes_premises_and_hypotheses(rte_dir, tmp_path):
-    model_dir = trained(rte_dir, tmp_path / "run", lora_rank=4)
+    model_dir = train_tiny(rte_dir, tmp_path / "run", lora_rank=4)
     model, tokenizer, task = load_trained(model_dir)
     pairs = [("A dog runs in the park.", "An animal is outside."), ("It rained.", "It was dry.")]
     expected = predict(model, tokenizer, task, [{"premise": p, "hypothesis": h} for p, h in pairs])
