@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format demo bench app clean prep-dolly prep-emotion prep-rte prep-dictionary \
+.PHONY: install test lint format demo bench app clean score-chat weight-diff analyze-dictionary staged-text prep-dolly prep-emotion prep-rte prep-dictionary \
         prep-chat prep-text train-dolly train-emotion train-rte train-dictionary train-chat \
         train-text
 # test-<task> and export-<task> are pattern rules below (make skips those for .PHONY names).
@@ -132,3 +132,29 @@ test-%: $(STAMP)
 
 export-%: $(STAMP)
 	$(BIN)/python -m pipelines.$(TASK_$*).export $(EXPORT_FLAGS)
+
+# ---- analyses: results go to <run>/analysis/ (RUN = the training output folder) ----
+score-chat: $(STAMP)
+	$(BIN)/python -m pipelines.style_tuning.score $(model_dir) \
+	  $(if $(INPUT_FILE),--input_file=$(INPUT_FILE)) $(SCORE_ARGS)
+
+weight-diff: $(STAMP)
+	$(BIN)/python -m pipelines.weight_diff --a=$(A) --b=$(B) $(WEIGHT_DIFF_ARGS)
+
+analyze-dictionary: $(STAMP)
+	$(BIN)/python -m pipelines.dictionary_tuning.analyze $(model_dir) \
+	  $(if $(DATA),--data_dir=$(DATA)) $(ANALYZE_ARGS)
+
+# ---- evaluation: make eval-<task> [RUN=runs/<task>] [DATA=..] [EVAL_ARGS="--num_generations=50"] --
+# Metrics (JSON, CSV), plots (PNG) and report.md in <run>/eval, the base model (the run's
+# --init_from) beside the fine-tuned one. RUN defaults to runs/<task>; its final/ model is used.
+EVAL_FLAGS = $(model_dir) $(if $(DATA),--data_dir=$(DATA)) $(EVAL_ARGS)
+
+eval-%: $(STAMP)
+	$(BIN)/python -m pipelines.$(TASK_$*).evaluate $(EVAL_FLAGS)
+
+# ---- staged fine-tuning: make prep-text PREP_ARGS=--num_stages=3, then make staged-text --------
+# Trains stage 1..N in turn (each from the last one's weights) into RUN (default
+# runs/text_tuning_staged)/stage{k}, evaluating after each; results in RUN/eval.
+staged-text: $(STAMP)
+	$(BIN)/python -m pipelines.text_tuning.staged $(TRAIN_FLAGS) $(STAGED_ARGS)

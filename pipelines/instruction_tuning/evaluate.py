@@ -1,0 +1,17 @@
+"""Evaluate a trained instruction_tuning run beside its base model (make eval-...): metrics,
+plots and report.md in <run>/eval."""
+
+from absl import app
+
+from gpt2_tf import evaluation
+
+evaluation.define_flags("instruction_tuning")
+
+
+def main(argv):
+    del argv
+    evaluation.run_from_flags()
+
+
+if __name__ == "__main__":
+    app.run(main)

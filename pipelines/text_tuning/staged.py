@@ -1,0 +1,17 @@
+"""Staged fine-tuning on text_tuning data prepared with --num_stages N (make staged-text): train on
+stage 1..N in turn, each from the previous stage's weights, evaluating after each."""
+
+from absl import app
+
+from gpt2_tf import staged
+
+staged.define_flags()
+
+
+def main(argv):
+    del argv
+    staged.run_from_flags()
+
+
+if __name__ == "__main__":
+    app.run(main)
