@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -n 2
 
 .PHONY: install test lint format demo bench app clean score-chat weight-diff analyze-dictionary staged-text prep-dolly prep-emotion prep-rte prep-dictionary \
         prep-chat prep-text train-dolly train-emotion train-rte train-dictionary train-chat \

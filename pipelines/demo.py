@@ -1,8 +1,9 @@
 """`make demo`: the main job end to end on the embedded default, offline.
 
 Prep the instruction sample bundled with gpt2_tf into TFRecords, fine-tune a small randomly
-initialised GPT-2 on it (response-only loss), generate answers to held-out instructions, and
-export a SavedModel that answers a string with a string.
+initialised GPT-2 on it (response-only loss), generate answers to held-out instructions,
+evaluate it against its untrained start (report in runs/demo/run/eval), and export a SavedModel
+that answers a string with a string.
 With --init_from=gpt2 (online) or a pretrained folder the same run fine-tunes real GPT-2.
 """
 
@@ -34,6 +35,7 @@ def main(argv):
     del argv
     import tensorflow as tf
 
+    from gpt2_tf import evaluation
     from gpt2_tf.data import split_prompts
     from gpt2_tf.export import export_saved_model
     from gpt2_tf.generation import generate
@@ -79,6 +81,16 @@ def main(argv):
     )
     for prompt, out in zip(prompts, outputs):
         print(f"\n{tokenizer.decode(prompt)}{tokenizer.decode(out)!r}")
+    report = evaluation.run(
+        evaluation.EvalConfig(
+            model_dir=os.path.join(cfg.output_dir, "final"), num_generations=4, max_new_tokens=24
+        )
+    )
+    for name, m in report["models"].items():
+        shown = ", ".join(f"{k} {v:.3g}" for k, v in m.items() if isinstance(v, float))
+        print(f"evaluation ({name}): {shown}")
+    print(f"report: {cfg.output_dir}/eval/report.md")
+
     export = export_saved_model(trainer.model, tokenizer, os.path.join(FLAGS.output_dir, "exports"))
     serve = tf.saved_model.load(export).signatures["serving_default"]
     reply = serve(
