@@ -168,8 +168,13 @@ class GPT2LanguageModel(_WithBackbone):
         self(_dummy_inputs())
 
     def logits(self, hidden):
+        """hidden [..., E] -> float32 logits [..., V] through the tied embedding [V, E]."""
+        import tensorflow as tf
+
         w = ops.cast(self.backbone.wte.embeddings, hidden.dtype)  # [V, E]
-        return ops.cast(ops.matmul(hidden, ops.transpose(w)), "float32")  # [B, T, V]
+        # transpose_b rather than ops.transpose(w): a transposed copy of the 50257 x E table at
+        # every call (every generated token) costs more than the product itself.
+        return ops.cast(tf.matmul(hidden, w, transpose_b=True), "float32")  # [..., V]
 
     def call(self, inputs, training=None):
         return self.logits(self.backbone(inputs, training=training))
