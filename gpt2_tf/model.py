@@ -172,9 +172,13 @@ class GPT2LanguageModel(_WithBackbone):
         import tensorflow as tf
 
         w = ops.cast(self.backbone.wte.embeddings, hidden.dtype)  # [V, E]
-        # transpose_b rather than ops.transpose(w): a transposed copy of the 50257 x E table at
-        # every call (every generated token) costs more than the product itself.
-        return ops.cast(tf.matmul(hidden, w, transpose_b=True), "float32")  # [..., V]
+        # A plain 2-D MatMul with transpose_b: ops.transpose(w) copies the 50257 x E table at
+        # every call (every generated token), and a batched matmul broadcasts a copy per row.
+        flat = tf.reshape(hidden, [-1, tf.shape(hidden)[-1]])  # [N, E]
+        out = tf.matmul(flat, w, transpose_b=True)  # [N, V]
+        out = tf.reshape(out, tf.concat([tf.shape(hidden)[:-1], tf.shape(w)[:1]], 0))
+        out.set_shape(hidden.shape[:-1].concatenate(w.shape[:1]))  # keep static shapes
+        return ops.cast(out, "float32")  # [..., V]
 
     def call(self, inputs, training=None):
         return self.logits(self.backbone(inputs, training=training))
