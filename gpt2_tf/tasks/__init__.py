@@ -24,6 +24,12 @@ class Encoded:
     truncated: bool = False
 
 
+def first_tokens(tokenizer, text: str, keep: int) -> str:
+    """The first `keep` tokens of `text` as text (a cut inside a character is dropped): how the
+    tasks shorten a field that does not fit."""
+    return tokenizer.decode(tokenizer.encode(text)[: max(keep, 0)]).rstrip("\ufffd")
+
+
 class Drop(Exception):
     """A well-formed row that cannot become an example (e.g. its response alone is too long)."""
 

@@ -16,7 +16,7 @@ import html
 import re
 
 from gpt2_tf.readers import Row, RowError, iter_jsonl, require
-from gpt2_tf.tasks import Drop, EncodeContext, Encoded, TaskSpec
+from gpt2_tf.tasks import Drop, EncodeContext, Encoded, TaskSpec, first_tokens
 
 WORD_PROMPT = "Word: {word}\nDefinition:"
 DEFINITION_TARGET = " {definition}"
@@ -88,18 +88,13 @@ def read(options: dict):
             )
 
 
-def _head(tok, text: str, keep: int) -> str:
-    """The first `keep` tokens of `text` as text (a cut inside a character is dropped)."""
-    return tok.decode(tok.encode(text)[: max(keep, 0)]).rstrip("\ufffd").rstrip()
-
-
 def _fit(tok, render, text: str, budget: int) -> tuple[list[int] | None, bool]:
     """Ids of `render(text)` within `budget`, shortening `text`; None when none of it fits."""
     ids, cut = tok.encode(render(text)), False
     keep = len(tok.encode(text)) if len(ids) > budget else 0
     while len(ids) > budget and keep > 0:
         keep -= len(ids) - budget  # re-encoding can shift a token, so check and repeat
-        text, cut = _head(tok, text, keep), True
+        text, cut = first_tokens(tok, text, keep).rstrip(), True
         ids = tok.encode(render(text))
     return (ids if len(ids) <= budget and text else None), cut
 

@@ -12,7 +12,7 @@ import socket
 
 from gpt2_tf import hub
 from gpt2_tf.readers import Row, iter_delimited, require
-from gpt2_tf.tasks import Drop, EncodeContext, Encoded, TaskSpec
+from gpt2_tf.tasks import Drop, EncodeContext, Encoded, TaskSpec, first_tokens
 from gpt2_tf.tasks.classification import parse_label
 
 LABELS = ("entailment", "not_entailment")  # GLUE's ids: 0, 1
@@ -75,11 +75,6 @@ def read(options: dict):
         yield from iter_delimited(path, "\t", split=split)
 
 
-def _shorten(tok, text: str, keep: int) -> str:
-    """The first `keep` tokens of `text` as text (a cut inside a character is dropped)."""
-    return tok.decode(tok.encode(text)[: max(keep, 0)]).rstrip("\ufffd")
-
-
 def _fit(tok, parts: list[str], budget: int) -> tuple[list[int], bool]:
     """Ids of `render(*parts)` within `budget`: the premise's end is cut first, then the
     hypothesis's. Re-encoding a cut text can shift a token, so each cut is checked and repeated."""
@@ -90,7 +85,7 @@ def _fit(tok, parts: list[str], budget: int) -> tuple[list[int], bool]:
         keep = len(tok.encode(parts[i]))
         while len(ids) > budget and keep > 0:
             keep -= len(ids) - budget
-            parts[i] = _shorten(tok, parts[i], keep)
+            parts[i] = first_tokens(tok, parts[i], keep)
             ids, truncated = tok.encode(render(*parts)), True
     return ids, truncated
 

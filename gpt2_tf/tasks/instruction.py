@@ -12,7 +12,7 @@ import os
 
 from gpt2_tf import hub
 from gpt2_tf.readers import Row, iter_jsonl, require
-from gpt2_tf.tasks import Drop, EncodeContext, Encoded, TaskSpec
+from gpt2_tf.tasks import Drop, EncodeContext, Encoded, TaskSpec, first_tokens
 
 HUB_ID, HUB_FILE = "databricks/databricks-dolly-15k", "databricks-dolly-15k.jsonl"
 BUNDLED = os.path.join(os.path.dirname(os.path.dirname(__file__)), "samples", "instructions.jsonl")
@@ -46,11 +46,6 @@ def read(options: dict):
             yield row
 
 
-def _shorten(tok, text: str, keep: int) -> str:
-    """The first `keep` tokens of `text` as text (a cut inside a character is dropped)."""
-    return tok.decode(tok.encode(text)[: max(keep, 0)]).rstrip("\ufffd")
-
-
 def _fit(tok, instruction: str, context: str, budget: int) -> tuple[list[int], bool]:
     """Prompt ids within `budget`, shortening the context, then the instruction."""
     prompt = tok.encode(render_prompt(instruction, context))
@@ -60,7 +55,7 @@ def _fit(tok, instruction: str, context: str, budget: int) -> tuple[list[int], b
         keep = len(tok.encode(text))
         while len(prompt) > budget and keep > 0:
             keep -= len(prompt) - budget  # re-encoding can shift a token, so check and repeat
-            text = _shorten(tok, text, keep)
+            text = first_tokens(tok, text, keep)
             context, instruction = (text, instruction) if field == "context" else (context, text)
             prompt, truncated = tok.encode(render_prompt(instruction, context)), True
     return prompt, truncated
