@@ -100,6 +100,9 @@ def define_train_flags(task: str, **defaults) -> None:
     flags.DEFINE_enum("pooling", d["pooling"], ["last", "mean"], "Classifier pooling.")
     flags.DEFINE_enum("precision", d["precision"], list(PRECISIONS), "Keras dtype policy.")
     flags.DEFINE_enum("strategy", d["strategy"], list(STRATEGIES), "tf.distribute strategy.")
+    flags.DEFINE_integer(
+        "inter_op_threads", d["inter_op_threads"], "TF inter-op threads; 0 = auto (1 on CPU)."
+    )
     flags.DEFINE_integer("eval_every", d["eval_every"], "Steps between evaluations; 0 = per epoch.")
     flags.DEFINE_integer("eval_batches", d["eval_batches"], "Validation batches; 0 = all.")
     flags.DEFINE_integer("save_every", d["save_every"], "Steps between resumable checkpoints.")

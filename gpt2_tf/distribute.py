@@ -8,8 +8,30 @@ tests run it); `multi_worker_mirrored` spans machines listed in `TF_CONFIG`; `au
 from __future__ import annotations
 
 import tensorflow as tf
+from absl import logging
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
+
+
+def configure_cpu_threads(strategy: str, inter_op_threads: int = 0) -> None:
+    """Sets TensorFlow's inter-op thread count; 0 = auto: 1 for one replica on a machine with no
+    GPU, else TensorFlow's default.
+
+    Why 1: each oneDNN matrix product already uses every core, and two running side by side
+    oversubscribe them; on the 2-core benchmark machine a GPT-2 124M train step was 7% faster
+    (6.7 -> 6.2 s in float32). Must run before TensorFlow starts its runtime; after that it
+    only logs that it could not.
+    """
+    if inter_op_threads == 0:
+        cpu_only = not tf.config.list_physical_devices("GPU")
+        if not (cpu_only and strategy in ("auto", "one_device")):
+            return
+        inter_op_threads = 1
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
+    except RuntimeError:
+        if tf.config.threading.get_inter_op_parallelism_threads() != inter_op_threads:
+            logging.info("inter-op threads not set: TensorFlow's runtime already started")
 
 
 def _local_devices() -> list[str]:

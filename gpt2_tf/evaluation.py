@@ -94,7 +94,8 @@ def _target_sums(model, x, y, w):
     if hasattr(model, "backbone") and hasattr(model, "logits"):
         keep = w > 0
         hidden = tf.boolean_mask(model.backbone(x, training=False), keep)  # [N, E]
-        return losses.batch_sums(tf.boolean_mask(y, keep), model.logits(hidden), w[keep])
+        table = model.backbone.wte.embeddings
+        return losses.tied_head_sums(hidden, table, y[keep], w[keep], training=False)
     return losses.batch_sums(y, model(x), w)
 
 

@@ -2,6 +2,12 @@
 
 The trainer all-reduces and clips the *global* gradient itself (as PyTorch DDP and HF do), so
 the optimizer here skips Keras's own per-replica gradient sum, which would add them twice.
+
+Why not Keras's AdamW update as is: it is a dozen element-wise ops per variable, each a full pass
+over memory (for GPT-2 124M, ~500 MB per pass, ~1 s a step on this CPU). TensorFlow's own fused
+`ResourceApplyAdam` kernel does the same arithmetic (the same bias-corrected step size, epsilon
+outside the square root) in one multi-threaded pass; the decoupled decay is one more fused
+`ResourceApplyGradientDescent`. `tests/test_optim.py` checks it against Keras's AdamW.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import math
 
 import keras
+import tensorflow as tf
 
 SCHEDULES = ("constant", "linear", "cosine")
 NO_DECAY = ["bias", "gamma", "beta", "embeddings"]  # substrings of Keras variable names
@@ -52,10 +59,41 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
 
 class PreReducedAdamW(keras.optimizers.AdamW):
-    """AdamW whose gradients arrive already summed across replicas (see module docstring)."""
+    """AdamW whose gradients arrive already summed across replicas, updated by TensorFlow's fused
+    kernels (see module docstring). Same results as `keras.optimizers.AdamW`."""
 
     def _all_reduce_sum_gradients(self, grads_and_vars):
         return grads_and_vars
+
+    def _apply_weight_decay(self, variables):
+        pass  # folded into update_step, in the same order: decay, then the Adam step
+
+    def update_step(self, gradient, variable, learning_rate):
+        var = variable.value if isinstance(variable, keras.Variable) else variable
+        if self.weight_decay and self._use_weight_decay(variable):
+            self._decay(var, learning_rate)
+        if self.amsgrad or not hasattr(var, "handle") or var.dtype != tf.float32:
+            return super().update_step(gradient, variable, learning_rate)
+        i = self._get_variable_index(variable)
+        m, v = self._momentums[i].value, self._velocities[i].value
+        step = tf.cast(self.iterations + 1, tf.float32)
+        tf.raw_ops.ResourceApplyAdam(
+            var=var.handle,
+            m=m.handle,
+            v=v.handle,
+            beta1_power=tf.pow(tf.constant(self.beta_1, tf.float32), step),
+            beta2_power=tf.pow(tf.constant(self.beta_2, tf.float32), step),
+            lr=tf.cast(learning_rate, tf.float32),
+            beta1=tf.constant(self.beta_1, tf.float32),
+            beta2=tf.constant(self.beta_2, tf.float32),
+            epsilon=tf.constant(self.epsilon, tf.float32),
+            grad=tf.cast(gradient, tf.float32),
+        )
+
+    def _decay(self, var, learning_rate):
+        """var -= var * lr * weight_decay, as Keras's AdamW, in one fused kernel."""
+        rate = tf.cast(learning_rate, var.dtype) * tf.cast(self.weight_decay, var.dtype)
+        tf.raw_ops.ResourceApplyGradientDescent(var=var.handle, alpha=rate, delta=var.read_value())
 
 
 def make_optimizer(

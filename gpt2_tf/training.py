@@ -22,7 +22,7 @@ from absl import logging
 from gpt2_tf import losses
 from gpt2_tf.config import PRESETS, GPT2Config
 from gpt2_tf.data import CLASSIFIER, load_tfrecords, read_metadata, split_prompts
-from gpt2_tf.distribute import get_strategy
+from gpt2_tf.distribute import configure_cpu_threads, get_strategy
 from gpt2_tf.export import TASK_FILE
 from gpt2_tf.lora import enable_lora, save_lora
 from gpt2_tf.model import GPT2Classifier, GPT2LanguageModel
@@ -53,6 +53,7 @@ class TrainConfig:
     pooling: str = "last"  # classifier tasks
     precision: str = "float32"
     strategy: str = "auto"
+    inter_op_threads: int = 0  # 0 = auto: 1 for a single replica on CPU (see distribute.py)
     eval_every: int = 0  # steps; 0 = at the end of each epoch
     eval_batches: int = 0  # 0 = the whole validation split
     save_every: int = 100  # steps between resumable checkpoints
@@ -123,6 +124,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg, self.meta = cfg, read_metadata(cfg.data_dir)
         self.is_lm = self.meta["kind"] != CLASSIFIER
+        configure_cpu_threads(cfg.strategy, cfg.inter_op_threads)
         keras.utils.set_random_seed(cfg.seed)
         keras.mixed_precision.set_dtype_policy(cfg.precision)
         self.strategy = get_strategy(cfg.strategy)
@@ -180,8 +182,14 @@ class Trainer:
             return losses.batch_sums(y, self.model(x, training=training), w)
         hidden = self.model.backbone(x, training=training)  # [B, T, E]
         keep = w > 0
-        logits = self.model.logits(tf.boolean_mask(hidden, keep))  # [N, V]
-        return losses.batch_sums(tf.boolean_mask(y, keep), logits, tf.boolean_mask(w, keep))
+        return losses.tied_head_sums(
+            tf.boolean_mask(hidden, keep),
+            self.model.backbone.wte.embeddings,
+            tf.boolean_mask(y, keep),
+            tf.boolean_mask(w, keep),
+            training=training,
+            table_grad=self.model.backbone.wte.embeddings.trainable,
+        )
 
     def _micro(self, batch, acc=None):
         x, y, w = batch
