@@ -109,6 +109,10 @@ def _ours_model(preset: str):
 def generate_ours(a: dict) -> dict:
     import numpy as np
 
+    from gpt2_tf.distribute import configure_cpu_threads
+
+    configure_cpu_threads("one_device")  # as pipelines/<task>/test.py does
+
     model = _ours_model(a["preset"])
     prompts = np.random.default_rng(0).integers(0, 50000, (a["batch"], a["prompt_len"])).tolist()
     run = lambda: model.generate(prompts, a["new_tokens"], stop_token_ids=())  # noqa: E731

@@ -151,8 +151,10 @@ def define_test_flags(task: str) -> None:
 def run_test() -> list[dict]:
     import json
 
+    from gpt2_tf.distribute import configure_cpu_threads
     from gpt2_tf.inference import load_trained, predict, read_inputs
 
+    configure_cpu_threads("one_device")  # before TensorFlow starts: see distribute.py
     model, tokenizer, task = load_trained(FLAGS.model_dir)
     generation = {
         k: getattr(FLAGS, k)

@@ -69,14 +69,22 @@ class CausalSelfAttention(keras.layers.Layer):
         q, k, v = self._split_heads(self.c_attn(x))
         return self.c_proj(self._attend(q, k, v, mask, training))
 
-    def call_with_cache(self, x, mask, cache, index):
-        """x [B, t, E]; cache [2, B, H, S, D]; writes this step's keys/values at `index`."""
-        q, k, v = self._split_heads(self.c_attn(x))
-        start = (0, 0, index, 0)
-        k_all = ops.slice_update(cache[0], start, ops.cast(k, cache.dtype))  # [B, H, S, D]
-        v_all = ops.slice_update(cache[1], start, ops.cast(v, cache.dtype))
-        out = self._attend(q, k_all, v_all, mask, training=False)
-        return self.c_proj(out), ops.stack([k_all, v_all])
+    def call_with_cache(self, x, mask, cache, slots, batch, steps):
+        """x [B * t, E] (2-D: each Dense is then one MatMul, not a tensordot's dozen ops);
+        cache (keys, values), each [B, H, S, D]; `slots` [B, H, t, 3] the cache slots written.
+
+        The write is a `tensor_scatter_nd_update`, which TensorFlow does in place when the buffer
+        is not shared (as in the decoding loop): `ops.slice_update` launched a compiled XLA
+        kernel per layer and copied both buffers every token, and stacking keys with values
+        copied them again."""
+        import tensorflow as tf
+
+        qkv = tf.reshape(self.c_attn(x), (batch, steps, 3, self.n_head, self.head_dim))
+        q, k, v = tf.unstack(tf.transpose(qkv, (2, 0, 3, 1, 4)), 3)  # each [B, H, t, D]
+        k_all = tf.tensor_scatter_nd_update(cache[0], slots, tf.cast(k, cache[0].dtype))
+        v_all = tf.tensor_scatter_nd_update(cache[1], slots, tf.cast(v, cache[1].dtype))
+        out = self._attend(q, k_all, v_all, mask, training=False)  # [B, t, E]
+        return self.c_proj(tf.reshape(out, (-1, self.n_embd))), (k_all, v_all)
 
     def get_config(self):
         return {
@@ -143,8 +151,8 @@ class Block(keras.layers.Layer):
         )
         return x + self.resid_dropout(self.mlp(self.ln_2(x)), training=training)
 
-    def call_with_cache(self, x, mask, cache, index):
-        a, cache = self.attn.call_with_cache(self.ln_1(x), mask, cache, index)
+    def call_with_cache(self, x, mask, cache, slots, batch, steps):
+        a, cache = self.attn.call_with_cache(self.ln_1(x), mask, cache, slots, batch, steps)
         x = x + a
         return x + self.mlp(self.ln_2(x)), cache
 

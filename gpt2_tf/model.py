@@ -87,10 +87,13 @@ class GPT2Backbone(keras.Model):
 
     # ---- incremental decoding -----------------------------------------------------------------
     def init_cache(self, batch_size: int, max_length: int):
-        """One [2, B, H, S, D] key/value buffer per layer (a tuple, so each updates in place)."""
+        """Per layer a (keys, values) pair of [B, H, S, D] buffers, each updated in place."""
         c = self.config
-        shape = (2, batch_size, c.n_head, max_length, c.head_dim)
-        return tuple(ops.zeros(shape, self.compute_dtype) for _ in range(c.n_layer))
+        shape = (batch_size, c.n_head, max_length, c.head_dim)
+        return tuple(
+            (ops.zeros(shape, self.compute_dtype), ops.zeros(shape, self.compute_dtype))
+            for _ in range(c.n_layer)
+        )
 
     def call_with_cache(self, token_ids, padding_mask, cache, index):
         """Runs `token_ids` [B, t] as cache slots index..index+t-1 -> (hidden [B, t, E], cache).
@@ -102,13 +105,20 @@ class GPT2Backbone(keras.Model):
         positions = ops.slice(
             positions_from_mask(padding_mask), (0, index), (ops.shape(token_ids)[0], t)
         )
-        x = self.embed(token_ids, positions)
+        import tensorflow as tf
+
+        b = ops.shape(token_ids)[0]
+        x = tf.reshape(self.embed(token_ids, positions), (-1, self.config.n_embd))  # [B * t, E]
         mask = attention_mask(padding_mask, t, s, query_offset=index)
+        bb, hh, tt = tf.meshgrid(
+            tf.range(b), tf.range(self.config.n_head), tf.range(t), indexing="ij"
+        )
+        slots = tf.stack([bb, hh, tt + index], -1)  # [B, H, t, 3]: the cache slots written now
         new_cache = []
         for block, layer_cache in zip(self.blocks, cache):
-            x, layer_cache = block.call_with_cache(x, mask, layer_cache, index)
+            x, layer_cache = block.call_with_cache(x, mask, layer_cache, slots, b, t)
             new_cache.append(layer_cache)
-        return self.ln_f(x), tuple(new_cache)
+        return tf.reshape(self.ln_f(x), (b, t, self.config.n_embd)), tuple(new_cache)
 
     def get_config(self):
         return {
