@@ -355,15 +355,20 @@ def prep(a: dict) -> dict:
 
 
 def matmul(a: dict) -> dict:
-    """The machine's dense matrix-multiply rate (FLOP/s) in TensorFlow, float32 and bfloat16."""
+    """The machine's limits, in TensorFlow: dense matrix-multiply rate (FLOP/s) in float32 and
+    bfloat16, and memory bandwidth (bytes/s read by a sum over 500 MB, the size of GPT-2 124M's
+    float32 weights, which decoding at batch 1 reads once per token)."""
     import tensorflow as tf
 
-    n, out = a["n"], {}
+    n, out = a["n"], {"n": a["n"]}
     for dtype in ("float32", "bfloat16"):
         x = tf.cast(tf.random.normal([n, n], dtype=tf.float32), dtype)
         fn = tf.function(lambda x=x: tf.reduce_sum(tf.cast(tf.matmul(x, x)[:1, :1], tf.float32)))
         seconds = timed(lambda fn=fn: float(fn()), 2, a["reps"])
         out[dtype] = 2 * n**3 / seconds
+    big = tf.ones([125_000_000], tf.float32)
+    total = tf.function(lambda: tf.reduce_sum(big))
+    out["bandwidth"] = 500e6 / timed(lambda: float(total()), 2, a["reps"])
     return out
 
 

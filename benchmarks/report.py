@@ -1,5 +1,7 @@
 """The Markdown tables of a benchmark run: figures, ratio to the best other system, and the
-fraction of the machine's matrix-multiply rate reached."""
+fraction of the machine's bound each reaches: the matrix-multiply rate for training (FLOPs per
+token over FLOP/s), the memory bandwidth for generation (float32 weights read once per decoding
+step, for the whole batch)."""
 
 from __future__ import annotations
 
@@ -43,6 +45,18 @@ def _flops_per_token(row, params):
     return 2 * params if row["group"] == "generate" else None
 
 
+def _bound_fraction(row, value, params, rate, setting):
+    """% of the machine's bound reached (see the module docstring), or None."""
+    if not (value and params):
+        return None
+    if row["group"] == "generate" and rate.get("bandwidth"):
+        steps_per_second = value / row["variant"]  # one decoding step per `batch` new tokens
+        return 100 * steps_per_second * 4 * params / rate["bandwidth"]
+    peak = rate.get("bfloat16" if "bfloat16" in setting else "float32")
+    fpt = _flops_per_token(row, params)
+    return 100 * value * fpt / peak if fpt and peak and row["group"] == "train" else None
+
+
 def markdown(report: dict, params: int | None) -> str:
     m = report["machine"]
     rate = next((r["result"] for r in report["rows"] if r["group"] == "matmul"), {})
@@ -52,11 +66,16 @@ def markdown(report: dict, params: int | None) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}; "
         + ", ".join(f"{k} {v}" for k, v in m.items() if k not in ("cpu", "cores", "python")),
         "",
-        f"Matrix multiply (TensorFlow, 2048²): float32 {_fmt(rate.get('float32', 0) / 1e9)} "
-        f"GFLOP/s, bfloat16 {_fmt(rate.get('bfloat16', 0) / 1e9)} GFLOP/s.",
+        f"Matrix multiply (TensorFlow, {rate.get('n', 2048)}²): float32 {_fmt(rate.get('float32', 0) / 1e9)} "
+        f"GFLOP/s, bfloat16 {_fmt(rate.get('bfloat16', 0) / 1e9)} GFLOP/s. "
+        f"Memory bandwidth (sum over 500 MB): {_fmt(rate.get('bandwidth', 0) / 1e9)} GB/s.",
+        "",
+        "Bounds for GPT-2 124M: training at most matmul rate / (6 x parameters) tokens/s "
+        "(full) or / (4 x parameters) (LoRA); greedy decoding at most bandwidth / "
+        "(4 bytes x parameters) steps/s.",
         "",
         "| group | setting | system | figure | peak RSS MB | gpt2_tf / best other "
-        "| % of matmul peak |",
+        "| % of machine bound |",
         "|---|---|---|---|---|---|---|",
     ]
     for group, metric in METRIC.items():
@@ -76,9 +95,8 @@ def markdown(report: dict, params: int | None) -> str:
                     group == "tokenize" and r["variant"].startswith("gpt2_tf")
                 )
                 ratio = _fmt(value / best_other, 2) + "x" if ours and value and best_other else ""
-                peak = rate.get("bfloat16" if "bfloat16" in setting else "float32")
-                fpt = _flops_per_token(r, params)
-                frac = _fmt(100 * value * fpt / peak, 1) if value and fpt and peak else ""
+                bound = _bound_fraction(r, value, params, rate, setting)
+                frac = "" if bound is None else _fmt(bound, 1)
                 name = NAMES.get(r["case"], "gpt2_tf" if group == "prep" else r["variant"])
                 figure = (
                     f"{_fmt(value)} {metric.replace('_', ' ')}"
