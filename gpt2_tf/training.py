@@ -210,15 +210,19 @@ class Trainer:
         ctx = tf.distribute.get_replica_context()
         grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
         nll, count, correct, tokens = ctx.all_reduce(tf.distribute.ReduceOp.SUM, sums)
-        # Mean over the target tokens (examples) of the whole global batch.
-        grads = [g / tf.maximum(count, 1.0) for g in grads]
+        # Mean over the target tokens (examples) of the whole global batch, then clipping: one
+        # factor, applied inside each variable's update where the optimizer allows it.
         scale = tf.cast(getattr(self.optimizer, "dynamic_scale", 1.0), tf.float32)
-        norm = tf.linalg.global_norm(grads) / scale
+        per_token = 1.0 / tf.maximum(count, 1.0)
+        norm = tf.linalg.global_norm(grads) * per_token / scale
+        factor = per_token
         if self.cfg.clipnorm > 0:
-            grads, _ = tf.clip_by_global_norm(
-                grads, self.cfg.clipnorm * scale, use_norm=norm * scale
-            )
-        self.optimizer.apply(grads, self.model.trainable_variables)
+            factor *= tf.minimum(1.0, self.cfg.clipnorm / tf.maximum(norm, 1e-30))
+        if hasattr(self.optimizer, "apply_scaled"):
+            self.optimizer.apply_scaled(grads, self.model.trainable_variables, factor)
+        else:  # the loss-scale wrapper (float16) unscales and checks the gradients itself
+            grads = [g * factor for g in grads]
+            self.optimizer.apply(grads, self.model.trainable_variables)
         return {
             "loss": nll / tf.maximum(count, 1.0),
             "grad_norm": norm,

@@ -48,3 +48,19 @@ def test_fused_adamw_matches_keras_adamw(weight_decay):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
     for x, y in zip(ours.variables, ref.variables):  # moments and the step count too
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+def test_apply_scaled_equals_apply_of_scaled_gradients():
+    schedule = WarmupSchedule(1e-2, 0, 4, "constant")
+    ours = PreReducedAdamW(learning_rate=schedule, weight_decay=0.1, epsilon=1e-8)
+    ref = PreReducedAdamW(learning_rate=schedule, weight_decay=0.1, epsilon=1e-8)
+    a, b = _variables(0), _variables(0)
+    ours.build(a)
+    ref.build(b)
+    grads = [np.random.default_rng(2).normal(size=v.shape).astype("float32") for v in a]
+    factor = tf.constant(0.37)
+    tf.function(lambda: ours.apply_scaled([tf.constant(g) for g in grads], a, factor))()
+    tf.function(lambda: ref.apply([tf.constant(g) * factor for g in grads], b))()
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-6, atol=1e-7)
+    assert ours._factor is None  # cleared after the call
