@@ -66,8 +66,9 @@ def markdown(report: dict, params: int | None) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}; "
         + ", ".join(f"{k} {v}" for k, v in m.items() if k not in ("cpu", "cores", "python")),
         "",
-        f"Matrix multiply (TensorFlow, {rate.get('n', 2048)}²): float32 {_fmt(rate.get('float32', 0) / 1e9)} "
-        f"GFLOP/s, bfloat16 {_fmt(rate.get('bfloat16', 0) / 1e9)} GFLOP/s. "
+        f"Matrix multiply (TensorFlow, {rate.get('n', 2048)}²): "
+        f"float32 {_fmt(rate.get('float32', 0) / 1e9)} GFLOP/s, "
+        f"bfloat16 {_fmt(rate.get('bfloat16', 0) / 1e9)} GFLOP/s. "
         f"Memory bandwidth (sum over 500 MB): {_fmt(rate.get('bandwidth', 0) / 1e9)} GB/s.",
         "",
         "Bounds for GPT-2 124M: training at most matmul rate / (6 x parameters) tokens/s "

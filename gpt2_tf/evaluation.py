@@ -92,10 +92,7 @@ def _target_sums(model, x, y, w):
     """(NLL sum, weight sum, correct sum) over target positions. A GPT-2 LM runs its [*, vocab]
     head only where the weight is non-zero (as training does); any other callable gives logits."""
     if hasattr(model, "backbone") and hasattr(model, "logits"):
-        keep = w > 0
-        hidden = tf.boolean_mask(model.backbone(x, training=False), keep)  # [N, E]
-        table = model.backbone.wte.embeddings
-        return losses.tied_head_sums(hidden, table, y[keep], w[keep], training=False)
+        return losses.lm_target_sums(model, x, y, w)
     return losses.batch_sums(y, model(x), w)
 
 

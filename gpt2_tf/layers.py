@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 # A large finite negative, not -inf: a row with every key masked (a left-padding query) then
@@ -77,8 +78,6 @@ class CausalSelfAttention(keras.layers.Layer):
         is not shared (as in the decoding loop): `ops.slice_update` launched a compiled XLA
         kernel per layer and copied both buffers every token, and stacking keys with values
         copied them again."""
-        import tensorflow as tf
-
         qkv = tf.reshape(self.c_attn(x), (batch, steps, 3, self.n_head, self.head_dim))
         q, k, v = tf.unstack(tf.transpose(qkv, (2, 0, 3, 1, 4)), 3)  # each [B, H, t, D]
         k_all = tf.tensor_scatter_nd_update(cache[0], slots, tf.cast(k, cache[0].dtype))

@@ -54,36 +54,28 @@ def tied_head_sums(
     labels = tf.cast(labels, tf.int32)
     weights = tf.cast(weights, tf.float32)
     if not training:
-        return _head_chunks(hidden, table, labels, weights, chunk_rows, False)[:3]
+        return _head_chunks(hidden, table, labels, weights, chunk_rows, False, False)[:3]
 
     @tf.custom_gradient
     def fused(h, t):
-        nll, count, correct, dh, dt = _head_chunks(h, t, labels, weights, chunk_rows, True)
+        nll, count, correct, dh, dt = _head_chunks(
+            h, t, labels, weights, chunk_rows, True, table_grad
+        )
 
         def grad(d_nll, d_count, d_correct):
-            return dh * tf.cast(d_nll, dh.dtype), dt * d_nll
+            return dh * tf.cast(d_nll, dh.dtype), dt * d_nll if table_grad else None
 
         return (nll, count, correct), grad
 
-    @tf.custom_gradient
-    def fused_frozen_table(h):
-        nll, count, correct, dh, _ = _head_chunks(h, table, labels, weights, chunk_rows, "hidden")
-
-        def grad(d_nll, d_count, d_correct):
-            return dh * tf.cast(d_nll, dh.dtype)
-
-        return (nll, count, correct), grad
-
-    return fused(hidden, table) if table_grad else fused_frozen_table(hidden)
+    return fused(hidden, table)
 
 
-def _head_chunks(hidden, table, labels, weights, chunk_rows, with_grads):
+def _head_chunks(hidden, table, labels, weights, chunk_rows, hidden_grad, table_grad):
     w = tf.cast(table, hidden.dtype)  # [V, E]
     n = tf.shape(hidden)[0]
     chunks = (n + chunk_rows - 1) // chunk_rows
     zero = tf.constant(0.0)
-    # with_grads: True (hidden and table), "hidden" (hidden only) or False.
-    d_table = tf.zeros(tf.shape(table), tf.float32) if with_grads is True else zero
+    d_table = tf.zeros(tf.shape(table), tf.float32) if table_grad else zero
     d_hidden = tf.TensorArray(hidden.dtype, size=chunks, infer_shape=False)
 
     def body(i, nll_sum, correct_sum, d_hidden, d_table):
@@ -100,12 +92,12 @@ def _head_chunks(hidden, table, labels, weights, chunk_rows, with_grads):
         picked = tf.gather(logits, y, batch_dims=1)
         nll_sum += tf.reduce_sum((lse - picked) * wt)
         correct_sum += tf.reduce_sum(tf.cast(picked >= top, tf.float32) * wt)
-        if with_grads:
+        if hidden_grad:
             rows = tf.stack([tf.range(size), y], 1)
             g = tf.tensor_scatter_nd_sub(probs * wt[:, None], rows, wt)  # (p - onehot) * w
             g = tf.cast(g, hidden.dtype)
             d_hidden = d_hidden.write(i, tf.matmul(g, w))
-            if with_grads is True:
+            if table_grad:
                 d_table += tf.cast(tf.matmul(g, h, transpose_a=True), tf.float32)
         return i + 1, nll_sum, correct_sum, d_hidden, d_table
 
@@ -113,10 +105,22 @@ def _head_chunks(hidden, table, labels, weights, chunk_rows, with_grads):
         lambda i, *_: i < chunks, body, (0, zero, zero, d_hidden, d_table)
     )
     count = tf.reduce_sum(weights)
-    if not with_grads:
+    if not hidden_grad:
         return nll, count, correct
     d_hidden = tf.reshape(d_hidden.concat(), tf.shape(hidden))
     return nll, count, correct, d_hidden, d_table
+
+
+def lm_target_sums(model, x, y, w, training=False):
+    """`tied_head_sums` of a GPT-2 language model over its target positions (weight > 0): the
+    [*, vocab] head runs only there. `training` is dropout and gradients both; a frozen
+    embedding (LoRA) gets no table gradient."""
+    keep = w > 0
+    hidden = tf.boolean_mask(model.backbone(x, training=training), keep)  # [N, E]
+    table = model.backbone.wte.embeddings
+    return tied_head_sums(
+        hidden, table, y[keep], w[keep], training=training, table_grad=table.trainable
+    )
 
 
 def perplexity(nll_sum: float, count: float) -> float:

@@ -91,15 +91,16 @@ class PreReducedAdamW(keras.optimizers.AdamW):
         i = self._get_variable_index(variable)
         m, v = self._momentums[i].value, self._velocities[i].value
         step = tf.cast(self.iterations + 1, tf.float32)
+        beta1, beta2 = tf.constant(self.beta_1, tf.float32), tf.constant(self.beta_2, tf.float32)
         tf.raw_ops.ResourceApplyAdam(
             var=var.handle,
             m=m.handle,
             v=v.handle,
-            beta1_power=tf.pow(tf.constant(self.beta_1, tf.float32), step),
-            beta2_power=tf.pow(tf.constant(self.beta_2, tf.float32), step),
+            beta1_power=tf.pow(beta1, step),
+            beta2_power=tf.pow(beta2, step),
             lr=tf.cast(learning_rate, tf.float32),
-            beta1=tf.constant(self.beta_1, tf.float32),
-            beta2=tf.constant(self.beta_2, tf.float32),
+            beta1=beta1,
+            beta2=beta2,
             epsilon=tf.constant(self.epsilon, tf.float32),
             grad=tf.cast(gradient, tf.float32),
         )

@@ -180,16 +180,7 @@ class Trainer:
         loss is taken: the same loss, without logits for prompt and padding positions."""
         if not self.is_lm:
             return losses.batch_sums(y, self.model(x, training=training), w)
-        hidden = self.model.backbone(x, training=training)  # [B, T, E]
-        keep = w > 0
-        return losses.tied_head_sums(
-            tf.boolean_mask(hidden, keep),
-            self.model.backbone.wte.embeddings,
-            tf.boolean_mask(y, keep),
-            tf.boolean_mask(w, keep),
-            training=training,
-            table_grad=self.model.backbone.wte.embeddings.trainable,
-        )
+        return losses.lm_target_sums(self.model, x, y, w, training=training)
 
     def _micro(self, batch, acc=None):
         x, y, w = batch
