@@ -137,3 +137,32 @@ def test_keras_serialization_round_trip(lm, tmp_path):
     again = GPT2Classifier.from_config(clf.get_config())
     assert (again.num_classes, again.pooling) == (4, "mean")
     assert GPT2Backbone.from_config(lm.backbone.get_config()).config == CONFIG
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_gelu_is_tf_gelu_with_its_gradient(dtype):
+    """layers.gelu: the same values as tf.nn.gelu(approximate=True), and autodiff's gradient."""
+    import tensorflow as tf
+
+    from gpt2_tf.layers import gelu
+
+    x = tf.cast(tf.constant(np.linspace(-8, 8, 4001), tf.float32), dtype)
+    dy = tf.cast(tf.constant(np.random.default_rng(0).normal(size=4001), tf.float32), dtype)
+    grads = []
+    for fn in (gelu, lambda v: tf.nn.gelu(v, approximate=True)):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+        grads.append(tf.cast(tape.gradient(y, x, output_gradients=dy), tf.float32).numpy())
+        if len(grads) == 1:
+            ours = y
+    np.testing.assert_array_equal(ours.numpy(), y.numpy())
+    if dtype == "float32":
+        np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-5)
+    else:  # both round to bfloat16 along the way: ours is no further from the exact gradient
+        v = tf.cast(x, tf.float64).numpy()
+        t = np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v**3))
+        slope = 0.5 * v * (1 - t**2) * np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * v**2)
+        exact = tf.cast(dy, tf.float64).numpy() * (0.5 * (1 + t) + slope)
+        errors = [np.abs(g - exact).max() for g in grads]
+        assert errors[0] <= 1.5 * errors[1], errors
