@@ -55,7 +55,8 @@ def _short(result: dict) -> str:
         "examples_per_second",
         "peak_rss_mb",
     )
-    return ", ".join(f"{k} {result[k]:.1f}" for k in keys if k in result)
+    parts = result.get("per_batch", [result])
+    return "; ".join(", ".join(f"{k} {r[k]:.1f}" for k in keys if k in r) for r in parts)
 
 
 def plan(quick: bool) -> dict:
@@ -73,29 +74,21 @@ def plan(quick: bool) -> dict:
         for lora in (0, 8)
         for system in ("train_ours", "train_hf", "train_keras_hub")
     ]
+    # One process per system runs batch 1 then batch 8 (see cases.per_batch): one start-up and
+    # one model build per system.
+    generate = dict(
+        batches=[1, 8],
+        prompt_len=32,
+        new_tokens=16 if quick else 128,
+        preset=size["preset"],
+        **reps,
+    )
     gen = [
-        (
-            "generate",
-            system,
-            batch,
-            None,
-            dict(
-                batch=batch,
-                prompt_len=32,
-                new_tokens=16 if quick else 128,
-                preset=size["preset"],
-                **reps,
-            ),
-        )
-        for batch in (1, 8)
+        ("generate", system, None, None, generate)
         for system in ("generate_ours", "generate_hf", "generate_keras_hub")
     ]
-    # Opt-in (--only serving): exporting the 124M SavedModel takes ~3 min per batch size.
-    serving = [
-        ("generate", "generate_saved_model", batch, None, {**args, "batch": batch})
-        for batch in (1, 8)
-        for args in [gen[0][-1]]
-    ]
+    # Opt-in (--only serving): exporting the 124M SavedModel takes ~3 min.
+    serving = [("generate", "generate_saved_model", None, None, generate)]
     tok = [
         ("tokenize", "tokenize", s, None, dict(system=s, warmup=1, reps=3))
         for s in ("gpt2_tf", "gpt2_tf_graph", "tiktoken", "hf_tokenizers")
@@ -156,16 +149,20 @@ def main() -> None:
     for group in wanted:
         print(f"[{group}]", flush=True)
         for row_group, case, variant, lora, args in groups[group]:
-            rows.append(
-                {
-                    "group": row_group,
-                    "case": case,
-                    "variant": variant,
-                    "lora": lora,
-                    "args": args,
-                    "result": run_case(case, args),
-                }
-            )
+            result = run_case(case, args)
+            # A per-batch case gives one row per batch (an error gives one error row per batch).
+            parts = result.get("per_batch") or [result] * len(args.get("batches", [variant]))
+            for batch, part in zip(args.get("batches", [variant]), parts):
+                rows.append(
+                    {
+                        "group": row_group,
+                        "case": case,
+                        "variant": batch,
+                        "lora": lora,
+                        "args": args,
+                        "result": part,
+                    }
+                )
     report = {
         "machine": machine_info(),
         "quick": opts.quick,

@@ -31,6 +31,23 @@ def timed(fn, warmup: int, reps: int) -> float:
     return statistics.median(times)
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(steal, total) CPU ticks of the whole machine so far, from /proc/stat ((0, 0) elsewhere).
+    On a shared VM the hypervisor can take half the CPU away ("steal"); the share taken during a
+    case goes into its result, so a slow figure can be told from a slow machine."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0, 0
+    return fields[7], sum(fields)
+
+
+def steal_pct(start: tuple[int, int]) -> float | None:
+    steal, total = cpu_ticks()
+    return 100 * (steal - start[0]) / (total - start[1]) if total > start[1] else None
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -106,18 +123,33 @@ def _ours_model(preset: str):
     return GPT2LanguageModel(GPT2Config.from_preset(preset))
 
 
+def per_batch(a: dict, measure) -> dict:
+    """Runs `measure(batch)` for each of `a["batches"]` in order, in this process (one import,
+    one model). Each figure carries the peak RSS so far: batch 1 runs first, so its figure is
+    its own."""
+    out = []
+    for batch in a["batches"]:
+        start = cpu_ticks()
+        out.append({**measure(batch), "peak_rss_mb": peak_rss_mb(), "steal_pct": steal_pct(start)})
+    return {"per_batch": out}
+
+
 def generate_ours(a: dict) -> dict:
     import numpy as np
 
     from gpt2_tf.distribute import configure_cpu_threads
 
     configure_cpu_threads("one_device")  # as pipelines/<task>/test.py does
-
     model = _ours_model(a["preset"])
-    prompts = np.random.default_rng(0).integers(0, 50000, (a["batch"], a["prompt_len"])).tolist()
-    run = lambda: model.generate(prompts, a["new_tokens"], stop_token_ids=())  # noqa: E731
-    seconds = timed(run, a["warmup"], a["reps"])
-    return {"seconds": seconds, "new_tokens_per_second": a["batch"] * a["new_tokens"] / seconds}
+
+    def measure(batch):
+        rng = np.random.default_rng(0)
+        prompts = rng.integers(0, 50000, (batch, a["prompt_len"])).tolist()
+        run = lambda: model.generate(prompts, a["new_tokens"], stop_token_ids=())  # noqa: E731
+        seconds = timed(run, a["warmup"], a["reps"])
+        return {"seconds": seconds, "new_tokens_per_second": batch * a["new_tokens"] / seconds}
+
+    return per_batch(a, measure)
 
 
 def generate_saved_model(a: dict) -> dict:
@@ -132,8 +164,6 @@ def generate_saved_model(a: dict) -> dict:
     tok = GPT2Tokenizer.from_pretrained(os.path.join(SHARED, "gpt2_tokenizer"))
     path = export_saved_model(_ours_model(a["preset"]), tok, tempfile.mkdtemp(), version=1)
     serve = tf.saved_model.load(path).signatures["serving_default"]
-    words = np.random.default_rng(0).integers(1000, 20000, (a["batch"], a["prompt_len"]))
-    prompts = tf.constant([tok.decode(row) for row in words.tolist()])
     args = dict(
         max_new_tokens=tf.constant(a["new_tokens"]),
         temperature=tf.constant(0.0),
@@ -141,20 +171,38 @@ def generate_saved_model(a: dict) -> dict:
         top_p=tf.constant(1.0),
         seed=tf.constant(0),
     )
-    # Greedy may stop early at <|endoftext|>; count the tokens actually produced.
-    produced = int(tf.reduce_sum(serve(prompts=prompts, **args)["lengths"]))
-    seconds = timed(lambda: serve(prompts=prompts, **args), a["warmup"], a["reps"])
-    return {"seconds": seconds, "new_tokens_per_second": produced / seconds}
+
+    def measure(batch):
+        words = np.random.default_rng(0).integers(1000, 20000, (batch, a["prompt_len"]))
+        prompts = tf.constant([tok.decode(row) for row in words.tolist()])
+        # Greedy may stop early at <|endoftext|>; count the tokens actually produced.
+        produced = int(tf.reduce_sum(serve(prompts=prompts, **args)["lengths"]))
+        seconds = timed(lambda: serve(prompts=prompts, **args), a["warmup"], a["reps"])
+        return {"seconds": seconds, "new_tokens_per_second": produced / seconds}
+
+    return per_batch(a, measure)
 
 
 # ---- Hugging Face transformers + PyTorch ---------------------------------------------------
+def _preset(preset: str):
+    """gpt2_tf's preset shapes, read from `gpt2_tf/config.py` alone: importing the `gpt2_tf`
+    package imports TensorFlow, which would add its start-up time and about 0.5 GB of resident
+    memory to the Hugging Face figures."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gpt2_tf")
+    spec = importlib.util.spec_from_file_location("_gpt2_tf_config", f"{path}/config.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module.GPT2Config.from_preset(preset)
+
+
 def _hf_model(preset: str):
     import torch
     import transformers
 
-    from gpt2_tf import GPT2Config
-
-    c = GPT2Config.from_preset(preset)
+    c = _preset(preset)
     torch.manual_seed(0)
     config = transformers.GPT2Config(
         n_layer=c.n_layer,
@@ -210,22 +258,30 @@ def generate_hf(a: dict) -> dict:
 
     torch.set_num_threads(os.cpu_count())
     model = _hf_model(a["preset"]).eval()
-    ids = torch.randint(0, 50000, (a["batch"], a["prompt_len"]))
-    mask = torch.ones_like(ids)
 
-    def run():
-        with torch.no_grad():
-            model.generate(
-                ids,
-                attention_mask=mask,
-                max_new_tokens=a["new_tokens"],
-                min_new_tokens=a["new_tokens"],
-                do_sample=False,
-                pad_token_id=50256,
-            )
+    def measure(batch):
+        ids = torch.randint(0, 50000, (batch, a["prompt_len"]))
+        mask = torch.ones_like(ids)
 
-    seconds = timed(run, a["warmup"], a["reps"])
-    return {"seconds": seconds, "new_tokens_per_second": a["batch"] * a["new_tokens"] / seconds}
+        def run(new_tokens=a["new_tokens"]):
+            with torch.no_grad():
+                model.generate(
+                    ids,
+                    attention_mask=mask,
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    do_sample=False,
+                    pad_token_id=50256,
+                )
+
+        # PyTorch runs eagerly (nothing to compile per shape): a warm-up of a few tokens warms
+        # it as well as a full one, and saves the bench about 20 s.
+        for _ in range(a["warmup"]):
+            run(8)
+        seconds = timed(run, 0, a["reps"])
+        return {"seconds": seconds, "new_tokens_per_second": batch * a["new_tokens"] / seconds}
+
+    return per_batch(a, measure)
 
 
 # ---- keras-hub -----------------------------------------------------------------------------
@@ -233,11 +289,9 @@ def _keras_hub_lm(preset: str, precision: str):
     import keras
     import keras_hub
 
-    from gpt2_tf import GPT2Config
-
     keras.mixed_precision.set_dtype_policy(precision)
     keras.utils.set_random_seed(0)
-    c = GPT2Config.from_preset(preset)
+    c = _preset(preset)
     backbone = keras_hub.models.GPT2Backbone(
         vocabulary_size=c.vocab_size,
         num_layers=c.n_layer,
@@ -277,16 +331,20 @@ def generate_keras_hub(a: dict) -> dict:
 
     lm = _keras_hub_lm(a["preset"], "float32")
     total = a["prompt_len"] + a["new_tokens"]
-    ids = np.zeros((a["batch"], total), "int32")
-    ids[:, : a["prompt_len"]] = np.random.default_rng(0).integers(
-        0, 50000, (a["batch"], a["prompt_len"])
-    )
-    mask = np.zeros_like(ids)
-    mask[:, : a["prompt_len"]] = 1
-    inputs = {"token_ids": ids, "padding_mask": mask}
-    run = lambda: lm.generate(inputs, stop_token_ids=None)  # noqa: E731 - greedy by default
-    seconds = timed(run, a["warmup"], a["reps"])
-    return {"seconds": seconds, "new_tokens_per_second": a["batch"] * a["new_tokens"] / seconds}
+
+    def measure(batch):
+        ids = np.zeros((batch, total), "int32")
+        ids[:, : a["prompt_len"]] = np.random.default_rng(0).integers(
+            0, 50000, (batch, a["prompt_len"])
+        )
+        mask = np.zeros_like(ids)
+        mask[:, : a["prompt_len"]] = 1
+        inputs = {"token_ids": ids, "padding_mask": mask}
+        run = lambda: lm.generate(inputs, stop_token_ids=None)  # noqa: E731 - greedy by default
+        seconds = timed(run, a["warmup"], a["reps"])
+        return {"seconds": seconds, "new_tokens_per_second": batch * a["new_tokens"] / seconds}
+
+    return per_batch(a, measure)
 
 
 # ---- tokenizers, prep, the machine ---------------------------------------------------------
@@ -391,5 +449,8 @@ CASES = {
 if __name__ == "__main__":
     name, args = sys.argv[1], json.loads(sys.argv[2])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    start = cpu_ticks()
     result = CASES[name](args)
-    print("RESULT " + json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
+    result = {"peak_rss_mb": peak_rss_mb(), "steal_pct": steal_pct(start), **result}
+    print("RESULT " + json.dumps(result), flush=True)
+    os._exit(0)  # skip tearing down gigabytes of TensorFlow / PyTorch state (a second or two)

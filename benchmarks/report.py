@@ -76,8 +76,8 @@ def markdown(report: dict, params: int | None) -> str:
         "(4 bytes x parameters) steps/s.",
         "",
         "| group | setting | system | figure | peak RSS MB | gpt2_tf / best other "
-        "| % of machine bound |",
-        "|---|---|---|---|---|---|---|",
+        "| % of machine bound | CPU steal % |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for group, metric in METRIC.items():
         rows = [r for r in report["rows"] if r["group"] == group]
@@ -106,7 +106,14 @@ def markdown(report: dict, params: int | None) -> str:
                 )
                 lines.append(
                     f"| {group} | {setting} | {name} | {figure} | "
-                    f"{_fmt(r['result'].get('peak_rss_mb'), 0)} | {ratio} | {frac} |"
+                    f"{_fmt(r['result'].get('peak_rss_mb'), 0)} | {ratio} | {frac} | "
+                    f"{_fmt(r['result'].get('steal_pct'), 0)} |"
                 )
-    lines += ["", f"Wall time of the run: {report['wall_seconds']:.0f} s."]
+    lines += [
+        "",
+        "CPU steal: the share of the machine's CPU time the hypervisor took during the case "
+        "(from /proc/stat); figures taken under a high steal are slow for every system.",
+        "",
+        f"Wall time of the run: {report['wall_seconds']:.0f} s.",
+    ]
     return "\n".join(lines) + "\n"
