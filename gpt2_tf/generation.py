@@ -61,7 +61,8 @@ def decode(
     b, p = tf.shape(prompt_ids)[0], tf.shape(prompt_ids)[1]
     mask = tf.concat([prompt_mask, tf.ones([b, cache_extra], prompt_mask.dtype)], 1)  # [B, P + X]
     cache = backbone.init_cache(b, p + cache_extra)
-    hidden, cache = backbone.call_with_cache(prompt_ids, mask, cache, 0)
+    kernels = backbone.decoding_kernels()  # once, outside the loop
+    hidden, cache = backbone.call_with_cache(prompt_ids, mask, cache, 0, kernels)
     logits = model.step_logits(hidden[:, -1])  # [B, V]
     done = tf.reduce_max(prompt_mask, 1) == 0  # filler rows start done
     lengths = tf.zeros([b], tf.int32)
@@ -73,7 +74,7 @@ def decode(
         tok = tf.where(done, pad, tok)
         lengths += tf.cast(~done, tf.int32)
         done |= tf.reduce_any(tok[:, None] == stop_ids[None, :], -1)
-        hidden, cache = backbone.call_with_cache(tok[:, None], mask, cache, p + t)
+        hidden, cache = backbone.call_with_cache(tok[:, None], mask, cache, p + t, kernels)
         return t + 1, model.step_logits(hidden[:, 0]), cache, done, lengths, out.write(t, tok)
 
     def running(t, logits, cache, done, lengths, out):
