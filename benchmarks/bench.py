@@ -151,8 +151,9 @@ def main() -> None:
         for row_group, case, variant, lora, args in groups[group]:
             result = run_case(case, args)
             # A per-batch case gives one row per batch (an error gives one error row per batch).
-            parts = result.get("per_batch") or [result] * len(args.get("batches", [variant]))
-            for batch, part in zip(args.get("batches", [variant]), parts):
+            variants = args.get("batches", [variant])
+            parts = result.get("per_batch") or [result] * len(variants)
+            for batch, part in zip(variants, parts):
                 rows.append(
                     {
                         "group": row_group,

@@ -70,18 +70,18 @@ def _dense(units: int, name: str, std: float, policy) -> Dense:
 
 def transposed_kernel(dense):
     """A Dense layer's kernel (LoRA merged in) as [out, in] in its compute dtype, made once per
-    decoding call (`GPT2Backbone.decoding_weights`)."""
+    decoding call (`GPT2Backbone.decoding_kernels`)."""
     return tf.transpose(ops.cast(dense.kernel, dense.compute_dtype))
 
 
-def project(dense, x, kernel_t):
-    """`dense(x)` for 2-D x [N, in], as (kernel_t @ x^T)^T + bias. With a decoding step's few
-    rows this is oneDNN's fast case: at 124M the block MatMuls took 24% less time per token at
-    batch 1 than x @ kernel, and batch 8 went from about 80 to about 100 new tokens/s
-    (`x @ kernel_t^T` was slower than both). The 340 MB of block weights are read once per
-    generated token, so this is most of a step."""
+def project(x, kernel_t, bias=None):
+    """x [N, in] @ kernel + bias for a decoding step's few rows, given kernel_t [out, in], as
+    (kernel_t @ x^T)^T. This is oneDNN's fast case: at 124M the block MatMuls took 24% less time
+    per token at batch 1 than x @ kernel, and batch 8 went from about 80 to about 100 new
+    tokens/s (`x @ kernel_t^T` was slower than both). The weights are read once per generated
+    token, so this is most of a step."""
     y = tf.transpose(tf.matmul(kernel_t, x, transpose_b=True))
-    return y + ops.cast(dense.bias, y.dtype) if dense.bias is not None else y
+    return y if bias is None else y + ops.cast(bias, y.dtype)
 
 
 def attention_mask(padding_mask, query_len: int, key_len: int, query_offset=0):
@@ -132,7 +132,7 @@ class CausalSelfAttention(keras.layers.Layer):
         return self.c_proj(self._attend(q, k, v, mask, training))
 
     def call_with_cache(self, x, mask, cache, slots, batch, steps, kernels):
-        """x [B * t, E] (2-D: each Dense is then one MatMul, not a tensordot's dozen ops);
+        """x [B * t, E] (2-D: each projection is one MatMul, not a tensordot's dozen ops);
         cache (keys, values), each [B, H, S, D]; `slots` [B, H, t, 3] the cache slots written;
         `kernels` the (c_attn, c_proj) kernels transposed (see `project`).
 
@@ -140,13 +140,14 @@ class CausalSelfAttention(keras.layers.Layer):
         is not shared (as in the decoding loop): `ops.slice_update` launched a compiled XLA
         kernel per layer and copied both buffers every token, and stacking keys with values
         copied them again."""
-        qkv = project(self.c_attn, x, kernels[0])
+        qkv = project(x, kernels[0], self.c_attn.bias)
         qkv = tf.reshape(qkv, (batch, steps, 3, self.n_head, self.head_dim))
         q, k, v = tf.unstack(tf.transpose(qkv, (2, 0, 3, 1, 4)), 3)  # each [B, H, t, D]
         k_all = tf.tensor_scatter_nd_update(cache[0], slots, tf.cast(k, cache[0].dtype))
         v_all = tf.tensor_scatter_nd_update(cache[1], slots, tf.cast(v, cache[1].dtype))
         out = self._attend(q, k_all, v_all, mask, training=False)  # [B, t, E]
-        return project(self.c_proj, tf.reshape(out, (-1, self.n_embd)), kernels[1]), (k_all, v_all)
+        out = project(tf.reshape(out, (-1, self.n_embd)), kernels[1], self.c_proj.bias)
+        return out, (k_all, v_all)
 
     def get_config(self):
         return {
@@ -174,6 +175,11 @@ class MLP(keras.layers.Layer):
 
     def call(self, x):
         return self.c_proj(gelu(self.c_fc(x)))
+
+    def call_with_kernels(self, x, kernels):
+        """`call` for a decoding step: x [N, E], kernels the (c_fc, c_proj) kernels transposed."""
+        h = gelu(project(x, kernels[0], self.c_fc.bias))
+        return project(h, kernels[1], self.c_proj.bias)
 
     def get_config(self):
         return {
@@ -223,8 +229,7 @@ class Block(keras.layers.Layer):
             self.ln_1(x), mask, cache, slots, batch, steps, kernels[:2]
         )
         x = x + a
-        h = tf.nn.gelu(project(self.mlp.c_fc, self.ln_2(x), kernels[2]), approximate=True)
-        return x + project(self.mlp.c_proj, h, kernels[3]), cache
+        return x + self.mlp.call_with_kernels(self.ln_2(x), kernels[2:]), cache
 
     def get_config(self):
         return {
