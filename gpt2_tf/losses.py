@@ -44,8 +44,9 @@ def tied_head_sums(
     Why not autodiff: the [N, V] float32 logits, their softmax and their gradient would be three
     live tensors of N x 50257 floats, and TensorFlow's `SparseSoftmaxCrossEntropyWithLogits` CPU
     kernel takes ~300 ms for 1,024 rows where oneDNN's softmax takes ~30 ms. Here each chunk of
-    rows makes its logits, loss and gradients at once (the gradient of a sum of NLLs is
-    `(softmax - onehot) * weight`), so only one chunk's logits ever exist. With `training`, the
+    rows makes its logits, loss and logit gradient at once (the gradient of a sum of NLLs is
+    `(softmax - onehot) * weight`), so only one chunk's float32 logits ever exist; the logit
+    gradients are kept in the compute dtype and multiplied out after the loop. With `training`, the
     backward pass then only scales the stored gradients by the incoming one; `table_grad=False`
     (a frozen embedding, as under LoRA) skips the table's gradient and its [V, E] product.
     """
@@ -75,10 +76,12 @@ def _head_chunks(hidden, table, labels, weights, chunk_rows, hidden_grad, table_
     n = tf.shape(hidden)[0]
     chunks = (n + chunk_rows - 1) // chunk_rows
     zero = tf.constant(0.0)
-    d_table = tf.zeros(tf.shape(table), tf.float32) if table_grad else zero
-    d_hidden = tf.TensorArray(hidden.dtype, size=chunks, infer_shape=False)
+    # The chunks' logit gradients, [rows, V] in the compute dtype: both products with them run
+    # once after the loop, over all rows. The table's gradient is then one [V, E] product with
+    # no float32 running sum (three [V, E] float32 buffers live at once) to add each chunk to.
+    g_rows = tf.TensorArray(hidden.dtype, size=chunks, infer_shape=False)
 
-    def body(i, nll_sum, correct_sum, d_hidden, d_table):
+    def body(i, nll_sum, correct_sum, g_rows):
         start = i * chunk_rows
         size = tf.minimum(chunk_rows, n - start)
         h = tf.slice(hidden, [start, 0], [size, -1])
@@ -95,19 +98,16 @@ def _head_chunks(hidden, table, labels, weights, chunk_rows, hidden_grad, table_
         if hidden_grad:
             rows = tf.stack([tf.range(size), y], 1)
             g = tf.tensor_scatter_nd_sub(probs * wt[:, None], rows, wt)  # (p - onehot) * w
-            g = tf.cast(g, hidden.dtype)
-            d_hidden = d_hidden.write(i, tf.matmul(g, w))
-            if table_grad:
-                d_table += tf.cast(tf.matmul(g, h, transpose_a=True), tf.float32)
-        return i + 1, nll_sum, correct_sum, d_hidden, d_table
+            g_rows = g_rows.write(i, tf.cast(g, hidden.dtype))
+        return i + 1, nll_sum, correct_sum, g_rows
 
-    _, nll, correct, d_hidden, d_table = tf.while_loop(
-        lambda i, *_: i < chunks, body, (0, zero, zero, d_hidden, d_table)
-    )
+    _, nll, correct, g_rows = tf.while_loop(lambda i, *_: i < chunks, body, (0, zero, zero, g_rows))
     count = tf.reduce_sum(weights)
     if not hidden_grad:
         return nll, count, correct
-    d_hidden = tf.reshape(d_hidden.concat(), tf.shape(hidden))
+    g = g_rows.concat()  # [N, V]
+    d_hidden = tf.matmul(g, w)
+    d_table = tf.cast(tf.matmul(g, hidden, transpose_a=True), tf.float32) if table_grad else zero
     return nll, count, correct, d_hidden, d_table
 
 
