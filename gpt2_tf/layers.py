@@ -80,13 +80,13 @@ def project(x, kernel_t, bias=None):
     per token at batch 1 than x @ kernel, and batch 8 went from about 80 to about 100 new
     tokens/s (`x @ kernel_t^T` was slower than both). The weights are read once per generated
     token, so this is most of a step."""
-    return _add_bias(rows(tf.matmul(kernel_t, x, transpose_b=True)), bias)
+    return _add_bias(rows(project_t(x, kernel_t)), bias)
 
 
 def project_t(x, kernel_t, bias=None):
-    """`project` left transposed, [out, N], for a consumer that takes that layout (the MLP's
-    second product, the attention's head split): one transpose fewer each. At batch 8 the
-    transposes were about 10% of a decoding step's op time."""
+    """`project` left transposed, [out, N], for a consumer that takes that layout (c_fc's output
+    goes through the GELU into c_proj's product, c_attn's into the head split): one transpose
+    fewer each. At batch 8 the transposes were about 10% of a decoding step's op time."""
     y_t = tf.matmul(kernel_t, x, transpose_b=True)
     return y_t if bias is None else y_t + ops.cast(bias, y_t.dtype)[:, None]
 
