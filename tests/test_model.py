@@ -166,3 +166,34 @@ def test_gelu_is_tf_gelu_with_its_gradient(dtype):
         exact = tf.cast(dy, tf.float64).numpy() * (0.5 * (1 + t) + slope)
         errors = [np.abs(g - exact).max() for g in grads]
         assert errors[0] <= 1.5 * errors[1], errors
+
+
+@pytest.mark.parametrize("dtype,rate", [("float32", 0.0), ("float32", 0.3), ("bfloat16", 0.0)])
+def test_recomputed_attention_equals_autodiff(dtype, rate):
+    """layers.recomputed_attention: the forward pass of softmax_attention, and the gradients
+    autodiff gives it, with a left-padded row (a query with every key masked) and dropout."""
+    import tensorflow as tf
+
+    from gpt2_tf.layers import attention_mask, recomputed_attention, softmax_attention
+
+    rng = np.random.default_rng(0)
+    q, k, v, d_out = (
+        tf.cast(tf.constant(rng.normal(size=(2, 3, 7, 8)), tf.float32), dtype) for _ in range(4)
+    )
+    padding = tf.constant([[1] * 7, [0, 0, 1, 1, 1, 1, 1]])
+    mask = attention_mask(padding, 7, 7)
+    seed = tf.constant([3, 4], tf.int32)
+    results = []
+    for fn in (recomputed_attention, softmax_attention):
+        with tf.GradientTape() as tape:
+            tape.watch([q, k, v])
+            out = fn(q, k, v, mask, rate, seed)
+        grads = tape.gradient(out, [q, k, v], output_gradients=d_out)
+        results.append([tf.cast(t, tf.float32).numpy() for t in (out, *grads)])
+    ours, ref = results
+    np.testing.assert_array_equal(ours[0], ref[0])
+    if rate:  # dropout zeroed some probabilities: the same ones in both
+        assert (ours[0] != tf.cast(softmax_attention(q, k, v, mask), tf.float32).numpy()).any()
+    tol = 1e-5 if dtype == "float32" else 2e-2
+    for name, a, b in zip(("dq", "dk", "dv"), ours[1:], ref[1:]):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max(), err_msg=name)
