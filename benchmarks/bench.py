@@ -39,6 +39,7 @@ def run_case(name: str, args: dict, timeout: int = 900) -> dict:
         print(f"  {name} {args}: FAILED: {tail[0][:200]}", flush=True)
         return {"error": tail[0][:300]}
     result = json.loads(lines[-1][len("RESULT ") :])
+    result["case_wall_s"] = round(time.monotonic() - start, 1)  # start-up and build included
     print(
         f"  {name} {args.get('system', '')} {args}: {_short(result)}  "
         f"({time.monotonic() - start:.0f} s)",
@@ -83,9 +84,12 @@ def plan(quick: bool) -> dict:
         preset=size["preset"],
         **reps,
     )
+    # keras-hub decodes at under half the speed of the others (no ratio depends on its figure),
+    # and its batch-8 repetitions alone took about 2 min: one timed run after the warm-up.
     gen = [
-        ("generate", system, None, None, generate)
-        for system in ("generate_ours", "generate_hf", "generate_keras_hub")
+        ("generate", "generate_ours", None, None, generate),
+        ("generate", "generate_hf", None, None, generate),
+        ("generate", "generate_keras_hub", None, None, {**generate, "reps": 1}),
     ]
     # Opt-in (--only serving): exporting the 124M SavedModel takes ~3 min.
     serving = [("generate", "generate_saved_model", None, None, generate)]
@@ -106,6 +110,19 @@ def plan(quick: bool) -> dict:
         "matmul": machine,
         "serving": serving,
     }
+
+
+def _merge_machine_rows(rows: list[dict]) -> list[dict]:
+    """One matmul row: the higher of each rate over its runs, with every run kept."""
+    runs = [r for r in rows if r["group"] == "matmul" and "error" not in r["result"]]
+    if len(runs) < 2:
+        return rows
+    best = {k: max(r["result"][k] for r in runs) for k in ("float32", "bfloat16", "bandwidth")}
+    merged = {
+        **runs[0],
+        "result": {**runs[0]["result"], **best, "runs": [r["result"] for r in runs]},
+    }
+    return [merged] + [r for r in rows if r["group"] != "matmul"]
 
 
 def machine_info() -> dict:
@@ -145,6 +162,10 @@ def main() -> None:
     opts = parser.parse_args()
     groups = plan(opts.quick)
     wanted = opts.only.split(",") if opts.only else [g for g in groups if g != "serving"]
+    # The machine's rates drift by up to 2x on a shared VM, so the matmul case runs both first
+    # and last, and the report takes the higher figure of each (what the machine can do).
+    if "matmul" in wanted and len(wanted) > 1:
+        wanted = ["matmul"] + [g for g in wanted if g != "matmul"] + ["matmul"]
     rows, start = [], time.monotonic()
     for group in wanted:
         print(f"[{group}]", flush=True)
@@ -164,6 +185,7 @@ def main() -> None:
                         "result": part,
                     }
                 )
+    rows = _merge_machine_rows(rows)
     report = {
         "machine": machine_info(),
         "quick": opts.quick,
