@@ -1,9 +1,11 @@
 """Where a gpt2_tf train step's time goes: one step under `tf.profiler`, summed per op type.
 
-    python -m benchmarks.profile_step [float32|mixed_bfloat16] [lora_rank] [preset]
+    python -m benchmarks.profile_step [float32|mixed_bfloat16] [lora_rank] [preset] [--memory]
 
 Prints the step's wall time, then milliseconds and call counts per TensorFlow op type and the
-slowest non-MatMul ops by name (the figures quoted in the closing note of issue 7).
+slowest non-MatMul ops by name (the figures quoted in the closing note of issue 7). With
+`--memory`, instead: the TensorFlow CPU allocator's peak above what stays resident (weights and
+optimizer state) for the forward pass alone, forward plus gradients, and the whole step.
 """
 
 from __future__ import annotations
@@ -48,9 +50,11 @@ def main() -> None:
     from benchmarks.cases import _synthetic_lm_data
     from gpt2_tf.training import TrainConfig, Trainer
 
-    precision = sys.argv[1] if len(sys.argv) > 1 else "float32"
-    lora = int(sys.argv[2]) if len(sys.argv) > 2 else 0
-    preset = sys.argv[3] if len(sys.argv) > 3 else "124M"
+    memory = "--memory" in sys.argv
+    args = [a for a in sys.argv[1:] if a != "--memory"]
+    precision = args[0] if args else "float32"
+    lora = int(args[1]) if len(args) > 1 else 0
+    preset = args[2] if len(args) > 2 else "124M"
     data = _synthetic_lm_data(tempfile.mkdtemp(), 256, 4 * 8)
     trainer = Trainer(
         TrainConfig(
@@ -64,9 +68,13 @@ def main() -> None:
             strategy="one_device",
             dropout=0.0,
             num_samples=0,
+            clipnorm=1.0,
+            weight_decay=0.01,
         )
     )
     batches = iter(trainer._epoch_dataset(0, 0))
+    if memory:
+        return memory_peaks(trainer, batches)
     for _ in range(2):  # trace and warm up
         float(trainer._train_step(batches)["loss"])
     start = time.perf_counter()
@@ -84,6 +92,37 @@ def main() -> None:
     others = [(k, v) for k, v in by_name.most_common() if "MatMul" not in k]
     for name, ms in others[:15]:
         print(f"{ms:9.1f} ms  {name[:120]}")
+
+
+def memory_peaks(trainer, batches) -> None:
+    """The allocator's peaks (`tf.config.experimental.get_memory_info`, which covers CPU too)
+    for the phases of a step. The process's RSS adds TensorFlow's own ~0.8 GB to these."""
+    import resource
+
+    import tensorflow as tf
+
+    for _ in range(2):  # trace and warm up
+        float(trainer._train_step(batches)["loss"])
+    batch = next(batches)
+    forward = tf.function(lambda b: trainer._forward_sums(*b, training=True)[0])
+
+    @tf.function
+    def gradients(b):  # each gradient is summed away as it comes: none is held to the end
+        return tf.add_n([tf.reduce_sum(g) for g in trainer._micro(b)[0]])
+
+    phases = {
+        "forward (training, no tape)": lambda: float(forward(batch)),
+        "forward and gradients": lambda: float(gradients(batch)),
+        "train step": lambda: float(trainer._train_step(batches)["loss"]),
+    }
+    for name, run in phases.items():
+        run()
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        resident = tf.config.experimental.get_memory_info("CPU:0")["current"]
+        run()
+        peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+        print(f"{name}: peak {(peak - resident) / 2**20:,.0f} MB above {resident / 2**20:,.0f} MB")
+    print(f"process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB")
 
 
 if __name__ == "__main__":

@@ -69,7 +69,12 @@ def markdown(report: dict, params: int | None) -> str:
         f"Matrix multiply (TensorFlow, {rate.get('n', 2048)}²): "
         f"float32 {_fmt(rate.get('float32', 0) / 1e9)} GFLOP/s, "
         f"bfloat16 {_fmt(rate.get('bfloat16', 0) / 1e9)} GFLOP/s. "
-        f"Memory bandwidth (sum over 500 MB): {_fmt(rate.get('bandwidth', 0) / 1e9)} GB/s.",
+        f"Memory bandwidth (sum over 500 MB): {_fmt(rate.get('bandwidth', 0) / 1e9)} GB/s."
+        + (
+            " Each is the higher of a run before and a run after the cases."
+            if rate.get("runs")
+            else ""
+        ),
         "",
         "Bounds for GPT-2 124M: training at most matmul rate / (6 x parameters) tokens/s "
         "(full) or / (4 x parameters) (LoRA); greedy decoding at most bandwidth / "
