@@ -42,7 +42,7 @@ def run_case(name: str, args: dict, timeout: int = 900) -> dict:
     result["case_wall_s"] = round(time.monotonic() - start, 1)  # start-up and build included
     print(
         f"  {name} {args.get('system', '')} {args}: {_short(result)}  "
-        f"({time.monotonic() - start:.0f} s)",
+        f"({result['case_wall_s']:.0f} s)",
         flush=True,
     )
     return result

@@ -73,10 +73,10 @@ def main() -> None:
         )
     )
     batches = iter(trainer._epoch_dataset(0, 0))
-    if memory:
-        return memory_peaks(trainer, batches)
     for _ in range(2):  # trace and warm up
         float(trainer._train_step(batches)["loss"])
+    if memory:
+        return memory_peaks(trainer, batches)
     start = time.perf_counter()
     float(trainer._train_step(batches)["loss"])
     print(f"step: {time.perf_counter() - start:.2f} s")
@@ -101,8 +101,6 @@ def memory_peaks(trainer, batches) -> None:
 
     import tensorflow as tf
 
-    for _ in range(2):  # trace and warm up
-        float(trainer._train_step(batches)["loss"])
     batch = next(batches)
     forward = tf.function(lambda b: trainer._forward_sums(*b, training=True)[0])
 

@@ -99,8 +99,7 @@ class PreReducedAdamW(keras.optimizers.AdamW):
         if self.weight_decay and self._use_weight_decay(variable):
             self._decay(var, learning_rate)
         if self.amsgrad or not hasattr(var, "handle") or var.dtype != tf.float32:
-            self._previous = super().update_step(gradient, variable, learning_rate)
-            return
+            return super().update_step(gradient, variable, learning_rate)  # Keras's own ops
         i = self._get_variable_index(variable)
         m, v = self._momentums[i].value, self._velocities[i].value
         step = tf.cast(self.iterations + 1, tf.float32)
