@@ -88,11 +88,14 @@ class GPT2Backbone(keras.Model):
 
     # ---- incremental decoding -----------------------------------------------------------------
     def init_cache(self, batch_size: int, max_length: int):
-        """Per layer a (keys, values) pair of [B, H, S, D] buffers, each updated in place."""
+        """Per layer a (keys, values) pair of [B, H, S, D] buffers, zeroed. `call_with_cache`
+        writes into them in place, so each call makes fresh ones: `Empty` is never constant
+        folded or merged with a like op, where `zeros` could become one shared constant."""
         c = self.config
-        shape = (batch_size, c.n_head, max_length, c.head_dim)
+        shape = tf.stack([batch_size, c.n_head, max_length, c.head_dim])
+        dtype = tf.as_dtype(self.compute_dtype)
         return tuple(
-            (ops.zeros(shape, self.compute_dtype), ops.zeros(shape, self.compute_dtype))
+            tuple(tf.raw_ops.Empty(shape=shape, dtype=dtype, init=True) for _ in "kv")
             for _ in range(c.n_layer)
         )
 
@@ -104,6 +107,7 @@ class GPT2Backbone(keras.Model):
 
     def call_with_cache(self, token_ids, padding_mask, cache, index, kernels=None):
         """Runs `token_ids` [B, t] as cache slots index..index+t-1 -> (hidden [B, t, E], cache).
+        The returned cache shares the given one's buffers, updated in place (see `init_cache`).
 
         `padding_mask` [B, S] covers every slot of the cache: 1 for a real token already written
         or being written now (prompt or generated), 0 for padding. `kernels` is
@@ -117,10 +121,9 @@ class GPT2Backbone(keras.Model):
         b = ops.shape(token_ids)[0]
         x = tf.reshape(self.embed(token_ids, positions), (-1, self.config.n_embd))  # [B * t, E]
         mask = attention_mask(padding_mask, t, s, query_offset=index)
-        bb, hh, tt = tf.meshgrid(
-            tf.range(b), tf.range(self.config.n_head), tf.range(t), indexing="ij"
-        )
-        slots = tf.stack([bb, hh, tt + index], -1)  # [B, H, t, 3]: the cache slots written now
+        # The cache rows written now, with each [B, H, S, D] buffer seen as [B * H * S, D]
+        heads = tf.range(b * self.config.n_head)[:, None] * s  # [B * H, 1]
+        slots = tf.reshape(heads + tf.range(t)[None, :] + index, (-1,))  # [B * H * t]
         new_cache = []
         for block, layer_cache, block_kernels in zip(self.blocks, cache, kernels):
             x, layer_cache = block.call_with_cache(x, mask, layer_cache, slots, b, t, block_kernels)

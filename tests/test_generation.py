@@ -113,6 +113,21 @@ def test_similar_sizes_reuse_one_trace(pair):
     assert generator.traces == 2
 
 
+def test_concurrent_calls_each_get_their_own_cache(pair):
+    """The cache is written in place, so each call must make its own buffers: calls from several
+    threads at once (as a server makes them) give what they give one at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, model = pair
+    generator = Generator(model)
+    prompts = [[[p + i for p in row] for row in PROMPTS] for i in range(4)]
+    alone = [generator(x, 30) for x in prompts]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda x: generator(x, 30), prompts * 3))
+    assert together == alone * 3
+    assert len({str(x) for x in alone}) == 4  # the calls differ, so a shared cache would show
+
+
 def test_bad_arguments(pair):
     _, model = pair
     with pytest.raises(ValueError, match="sampler must be one of"):
