@@ -26,6 +26,9 @@ def batch_sums(y, logits, sample_weight):
 
 # Rows of the [rows, vocab] logits the fused head holds at once: 512 x 50257 float32 is 103 MB.
 HEAD_CHUNK_ROWS = 512
+# Vocabulary slices of the bfloat16 hidden-state gradient's [N, V] @ [V, E] product (see
+# `_logit_grad_times_table`).
+HEAD_GRAD_VOCAB_SPLIT = 8192
 
 
 def tied_head_sums(
@@ -36,6 +39,7 @@ def tied_head_sums(
     training=True,
     table_grad=True,
     chunk_rows=HEAD_CHUNK_ROWS,
+    vocab_split=HEAD_GRAD_VOCAB_SPLIT,
 ):
     """`batch_sums` of the tied LM head, fused and chunked: the same sums and gradients as
     `batch_sums(labels, hidden @ table.T, weights)` under autodiff.
@@ -55,12 +59,12 @@ def tied_head_sums(
     labels = tf.cast(labels, tf.int32)
     weights = tf.cast(weights, tf.float32)
     if not training:
-        return _head_chunks(hidden, table, labels, weights, chunk_rows, False, False)[:3]
+        return _head_chunks(hidden, table, labels, weights, chunk_rows, 0, False, False)[:3]
 
     @tf.custom_gradient
     def fused(h, t):
         nll, count, correct, dh, dt = _head_chunks(
-            h, t, labels, weights, chunk_rows, True, table_grad
+            h, t, labels, weights, chunk_rows, vocab_split, True, table_grad
         )
 
         def grad(d_nll, d_count, d_correct):
@@ -71,7 +75,7 @@ def tied_head_sums(
     return fused(hidden, table)
 
 
-def _head_chunks(hidden, table, labels, weights, chunk_rows, hidden_grad, table_grad):
+def _head_chunks(hidden, table, labels, weights, chunk_rows, vocab_split, hidden_grad, table_grad):
     w = tf.cast(table, hidden.dtype)  # [V, E]
     n = tf.shape(hidden)[0]
     chunks = (n + chunk_rows - 1) // chunk_rows
@@ -105,10 +109,32 @@ def _head_chunks(hidden, table, labels, weights, chunk_rows, hidden_grad, table_
     count = tf.reduce_sum(weights)
     if not hidden_grad:
         return nll, count, correct
-    g = g_rows.concat()  # [N, V]
-    d_hidden = tf.matmul(g, w)
+    # concat() of a TensorArray without inferred shapes is of unknown rank, and tf.matmul then
+    # makes a BatchMatMulV2: oneDNN ran these two [N, V] products at 40% of MatMul's speed in
+    # bfloat16 (490 of a 3,150 ms step at 124M).
+    g = tf.ensure_shape(g_rows.concat(), [None, None])  # [N, V]
+    d_hidden = _logit_grad_times_table(g, w, vocab_split)
     d_table = tf.cast(tf.matmul(g, hidden, transpose_a=True), tf.float32) if table_grad else zero
     return nll, count, correct, d_hidden, d_table
+
+
+def _logit_grad_times_table(g, w, vocab_split):
+    """g [N, V] @ w [V, E]. In bfloat16, summed over vocabulary slices in float32: oneDNN runs
+    the one product, whose inner dimension is the whole 50,257-entry vocabulary, at 210-320
+    GFLOP/s on the AMX machine of issue 7, and slices of 8,192 at 410-425 (op time under the
+    profiler at 1,024 x 50,257 x 768: 330-380 ms as one product, about 190 ms in slices; the
+    step's other [N, V] products, with the vocabulary as an outer dimension, run at ~500).
+    Float32 gains nothing from it (170 GFLOP/s either way)."""
+    v = w.shape[0]
+    if g.dtype != tf.bfloat16 or v is None or v <= vocab_split:
+        return tf.matmul(g, w)
+    total = None
+    for start in range(0, v, vocab_split):
+        size = min(vocab_split, v - start)
+        part = tf.matmul(tf.slice(g, [0, start], [-1, size]), w[start : start + size])
+        part = tf.cast(part, tf.float32)
+        total = part if total is None else total + part
+    return tf.cast(total, g.dtype)
 
 
 def lm_target_sums(model, x, y, w, training=False):

@@ -26,11 +26,11 @@ def _reference(hidden, table, labels, weights):
     return sums, tape.gradient(loss, [hidden, table])
 
 
-def _fused(hidden, table, labels, weights, chunk_rows, table_grad=True):
+def _fused(hidden, table, labels, weights, chunk_rows, table_grad=True, **kwargs):
     with tf.GradientTape() as tape:
         tape.watch([hidden, table])
         sums = losses.tied_head_sums(
-            hidden, table, labels, weights, table_grad=table_grad, chunk_rows=chunk_rows
+            hidden, table, labels, weights, table_grad=table_grad, chunk_rows=chunk_rows, **kwargs
         )
         loss = sums[0] * 3.0
     return sums, tape.gradient(loss, [hidden, table])
@@ -50,9 +50,10 @@ def test_fused_head_equals_autodiff_float32(chunk_rows):
     assert zero_rows.any() and not np.asarray(dh)[zero_rows].any()
 
 
-def test_fused_head_bfloat16_and_frozen_table():
+@pytest.mark.parametrize("vocab_split", [64, 8192])  # 301 = 4 x 64 + 45, and one product
+def test_fused_head_bfloat16_and_frozen_table(vocab_split):
     args = _inputs(tf.bfloat16)
-    (nll, count, _), (dh, dt) = _fused(*args, 8, table_grad=False)
+    (nll, count, _), (dh, dt) = _fused(*args, 8, table_grad=False, vocab_split=vocab_split)
     (rnll, rcount, _), (rdh, _) = _reference(*args)
     np.testing.assert_allclose(nll, rnll, rtol=1e-4)
     assert dh.dtype == tf.bfloat16 and dt is None  # no gradient flows to a frozen table
