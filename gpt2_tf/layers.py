@@ -31,12 +31,47 @@ def gelu(x):
     """
 
     def grad(dy):
-        x2 = x * x
-        t = tf.tanh(x * (_GELU_C + _GELU_C * _GELU_A * x2))
-        slope = (0.5 * x) * (1.0 - t * t) * (_GELU_C + 3.0 * _GELU_C * _GELU_A * x2)
-        return dy * (0.5 * (1.0 + t) + slope)
+        return _gelu_grad_math(x, dy)
 
     return tf.nn.gelu(x, approximate=True), grad
+
+
+def _gelu_grad_math(x, dy):
+    x2 = x * x
+    t = tf.tanh(x * (_GELU_C + _GELU_C * _GELU_A * x2))
+    slope = (0.5 * x) * (1.0 - t * t) * (_GELU_C + 3.0 * _GELU_C * _GELU_A * x2)
+    return dy * (0.5 * (1.0 + t) + slope)
+
+
+@tf.function(jit_compile=True)
+def _fused_gelu(x):
+    return tf.cast(tf.nn.gelu(tf.cast(x, tf.float32), approximate=True), x.dtype)
+
+
+@tf.function(jit_compile=True)
+def _fused_gelu_grad(x, dy):
+    return tf.cast(_gelu_grad_math(tf.cast(x, tf.float32), tf.cast(dy, tf.float32)), dy.dtype)
+
+
+@tf.custom_gradient
+def training_gelu(x):
+    """`gelu` for training: the forward pass and the gradient each one XLA-compiled loop over
+    the [tokens, 4E] tensor, computed in float32 whatever the input dtype.
+
+    TensorFlow runs the GELU as a chain of element-wise ops, each a pass over memory, and in
+    bfloat16 each also converts to float32 and back; XLA fuses each chain into one pass. At
+    [1,024, 3,072] bfloat16, op time under the profiler: forward 11.5-14 -> 8 ms, gradient
+    20-22 -> 9 ms. XLA's own bfloat16 arithmetic was slower than TensorFlow's (19 and 33 ms),
+    so the inputs are cast. A GPT-2 124M training step (batch 4 x 256, two trainers alternating
+    in one process, median of 8 steps): bfloat16 3.44 -> 3.04 s, LoRA bfloat16 2.57 -> 2.20 s,
+    float32 6.53 -> 6.12 s. Inference and decoding keep `gelu`, so an exported SavedModel needs
+    no XLA.
+    """
+
+    def grad(dy):
+        return _fused_gelu_grad(x, dy)
+
+    return _fused_gelu(x), grad
 
 
 @keras.saving.register_keras_serializable(package="gpt2_tf")
@@ -259,8 +294,8 @@ class MLP(keras.layers.Layer):
         self.c_fc.build(input_shape)
         self.c_proj.build((*input_shape[:-1], self.inner_dim))
 
-    def call(self, x):
-        return self.c_proj(gelu(self.c_fc(x)))
+    def call(self, x, training=None):
+        return self.c_proj((training_gelu if training else gelu)(self.c_fc(x)))
 
     def call_with_kernels(self, x, kernels):
         """`call` for a decoding step: x [N, E], kernels the (c_fc, c_proj) kernels transposed."""

@@ -168,6 +168,37 @@ def test_gelu_is_tf_gelu_with_its_gradient(dtype):
         assert errors[0] <= 1.5 * errors[1], errors
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_training_gelu_matches_the_exact_gelu_and_gradient(dtype):
+    """layers.training_gelu (XLA, float32 inside): values and gradient within the dtype's
+    rounding of the exact float64 ones, and no further from them than `gelu`'s."""
+    import tensorflow as tf
+
+    from gpt2_tf.layers import gelu, training_gelu
+
+    x = tf.cast(tf.constant(np.linspace(-8, 8, 4001), tf.float32), dtype)
+    dy = tf.cast(tf.constant(np.random.default_rng(0).normal(size=4001), tf.float32), dtype)
+    v, g = tf.cast(x, tf.float64).numpy(), tf.cast(dy, tf.float64).numpy()
+    t = np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v**3))
+    exact_y = 0.5 * v * (1 + t)
+    slope = 0.5 * v * (1 - t**2) * np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * v**2)
+    exact_dx = g * (0.5 * (1 + t) + slope)
+    errors = {}
+    for name, fn in (("training", training_gelu), ("plain", gelu)):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+        dx = tape.gradient(y, x, output_gradients=dy)
+        assert y.dtype == dx.dtype == x.dtype
+        errors[name] = [
+            np.abs(tf.cast(a, tf.float64).numpy() - b).max()
+            for a, b in ((y, exact_y), (dx, exact_dx))
+        ]
+    tol = 1e-5 if dtype == "float32" else 4e-2  # bfloat16 keeps 8 bits: 2^-8 of |y| <= 8
+    assert max(errors["training"]) < tol, errors
+    assert all(a <= 1.01 * b + 1e-6 for a, b in zip(errors["training"], errors["plain"])), errors
+
+
 @pytest.mark.parametrize("dtype,rate", [("float32", 0.0), ("float32", 0.3), ("bfloat16", 0.0)])
 def test_recomputed_attention_equals_autodiff(dtype, rate):
     """layers.recomputed_attention: the forward pass of softmax_attention, and the gradients
