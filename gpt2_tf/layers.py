@@ -200,6 +200,16 @@ def recomputed_attention(q, k, v, mask, rate=0.0, seed=None):
     return attend(q, k, v)
 
 
+def _write_rows(cache, rows, new):
+    """Writes `new` [B, H, t, D] into the rows `rows` of `cache` [B, H, S, D] seen as
+    [B * H * S, D], in the cache's own buffer (see `CausalSelfAttention.call_with_cache`)."""
+    d = cache.shape[-1]
+    flat = tf.raw_ops.InplaceUpdate(
+        x=tf.reshape(cache, (-1, d)), i=rows, v=tf.reshape(tf.cast(new, cache.dtype), (-1, d))
+    )
+    return tf.reshape(flat, tf.shape(cache))
+
+
 @keras.saving.register_keras_serializable(package="gpt2_tf")
 class CausalSelfAttention(keras.layers.Layer):
     """Multi-head attention with one fused query/key/value projection (`c_attn`)."""
@@ -255,17 +265,7 @@ class CausalSelfAttention(keras.layers.Layer):
         qkv_t = project_t(x, kernels[0], self.c_attn.bias)  # [3E, B * t]
         qkv_t = tf.reshape(qkv_t, (3, self.n_head, self.head_dim, batch, steps))
         q, k, v = tf.unstack(tf.transpose(qkv_t, (0, 3, 1, 4, 2)), 3)  # each [B, H, t, D]
-        k_all, v_all = (
-            tf.reshape(
-                tf.raw_ops.InplaceUpdate(
-                    x=tf.reshape(c, (-1, self.head_dim)),
-                    i=slots,
-                    v=tf.reshape(tf.cast(new, c.dtype), (-1, self.head_dim)),
-                ),
-                tf.shape(c),
-            )
-            for c, new in zip(cache, (k, v))
-        )
+        k_all, v_all = (_write_rows(c, slots, new) for c, new in zip(cache, (k, v)))
         out = self._attend(q, k_all, v_all, mask, training=False)  # [B, t, E]
         out = project(tf.reshape(out, (-1, self.n_embd)), kernels[1], self.c_proj.bias)
         return out, (k_all, v_all)

@@ -59,12 +59,12 @@ def tied_head_sums(
     labels = tf.cast(labels, tf.int32)
     weights = tf.cast(weights, tf.float32)
     if not training:
-        return _head_chunks(hidden, table, labels, weights, chunk_rows, 0, False, False)[:3]
+        return _head_chunks(hidden, table, labels, weights, chunk_rows, False, False)[:3]
 
     @tf.custom_gradient
     def fused(h, t):
         nll, count, correct, dh, dt = _head_chunks(
-            h, t, labels, weights, chunk_rows, vocab_split, True, table_grad
+            h, t, labels, weights, chunk_rows, True, table_grad, vocab_split
         )
 
         def grad(d_nll, d_count, d_correct):
@@ -75,7 +75,16 @@ def tied_head_sums(
     return fused(hidden, table)
 
 
-def _head_chunks(hidden, table, labels, weights, chunk_rows, vocab_split, hidden_grad, table_grad):
+def _head_chunks(
+    hidden,
+    table,
+    labels,
+    weights,
+    chunk_rows,
+    hidden_grad,
+    table_grad,
+    vocab_split=HEAD_GRAD_VOCAB_SPLIT,
+):
     w = tf.cast(table, hidden.dtype)  # [V, E]
     n = tf.shape(hidden)[0]
     chunks = (n + chunk_rows - 1) // chunk_rows
@@ -128,13 +137,13 @@ def _logit_grad_times_table(g, w, vocab_split):
     v = w.shape[0]
     if g.dtype != tf.bfloat16 or v is None or v <= vocab_split:
         return tf.matmul(g, w)
-    total = None
-    for start in range(0, v, vocab_split):
-        size = min(vocab_split, v - start)
-        part = tf.matmul(tf.slice(g, [0, start], [-1, size]), w[start : start + size])
-        part = tf.cast(part, tf.float32)
-        total = part if total is None else total + part
-    return tf.cast(total, g.dtype)
+    parts = [
+        tf.cast(
+            tf.matmul(g[:, start : start + vocab_split], w[start : start + vocab_split]), tf.float32
+        )
+        for start in range(0, v, vocab_split)
+    ]
+    return tf.cast(tf.add_n(parts), g.dtype)
 
 
 def lm_target_sums(model, x, y, w, training=False):

@@ -160,12 +160,19 @@ def test_gelu_is_tf_gelu_with_its_gradient(dtype):
     if dtype == "float32":
         np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-5)
     else:  # both round to bfloat16 along the way: ours is no further from the exact gradient
-        v = tf.cast(x, tf.float64).numpy()
-        t = np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v**3))
-        slope = 0.5 * v * (1 - t**2) * np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * v**2)
-        exact = tf.cast(dy, tf.float64).numpy() * (0.5 * (1 + t) + slope)
+        exact = _exact_gelu(x, dy)[1]
         errors = [np.abs(g - exact).max() for g in grads]
         assert errors[0] <= 1.5 * errors[1], errors
+
+
+def _exact_gelu(x, dy):
+    """(GELU(x), dy * GELU'(x)) in float64, tanh approximation."""
+    import tensorflow as tf
+
+    v, g = tf.cast(x, tf.float64).numpy(), tf.cast(dy, tf.float64).numpy()
+    t = np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v**3))
+    slope = 0.5 * v * (1 - t**2) * np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * v**2)
+    return 0.5 * v * (1 + t), g * (0.5 * (1 + t) + slope)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -178,11 +185,7 @@ def test_training_gelu_matches_the_exact_gelu_and_gradient(dtype):
 
     x = tf.cast(tf.constant(np.linspace(-8, 8, 4001), tf.float32), dtype)
     dy = tf.cast(tf.constant(np.random.default_rng(0).normal(size=4001), tf.float32), dtype)
-    v, g = tf.cast(x, tf.float64).numpy(), tf.cast(dy, tf.float64).numpy()
-    t = np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v**3))
-    exact_y = 0.5 * v * (1 + t)
-    slope = 0.5 * v * (1 - t**2) * np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * v**2)
-    exact_dx = g * (0.5 * (1 + t) + slope)
+    exact_y, exact_dx = _exact_gelu(x, dy)
     errors = {}
     for name, fn in (("training", training_gelu), ("plain", gelu)):
         with tf.GradientTape() as tape:
