@@ -129,8 +129,8 @@ def recast_matmul(x, kernel):
             # Ordered after dy, so Grappler cannot merge it with the forward cast (the same op
             # on the same input), which would keep that one alive again.
             with tf.control_dependencies([dy]):
-                kernel = tf.cast(table, dy.dtype)
-            dx = tf.reshape(tf.matmul(dy2, kernel, transpose_b=True), shape)
+                w = tf.cast(table, dy.dtype)
+            dx = tf.reshape(tf.matmul(dy2, w, transpose_b=True), shape)
             if not trainable:
                 return dx, None
             return dx, tf.cast(tf.matmul(x2, dy2, transpose_a=True), table.dtype)

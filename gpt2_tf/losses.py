@@ -119,10 +119,8 @@ def _head_chunks(
         probs = tf.nn.softmax(logits)  # oneDNN's fused kernel
         # log-sum-exp from the top probability, which is >= 1/V and so never underflows.
         lse = top - tf.math.log(tf.reduce_max(probs, -1))
-        picked = tf.gather(logits, y, batch_dims=1)
-        nll_sum += tf.reduce_sum((lse - picked) * wt)
-        correct_sum += tf.reduce_sum(tf.cast(picked >= top, tf.float32) * wt)
-        return i + 1, nll_sum, correct_sum, g_rows
+        nll, correct = _nll_and_correct(logits, top, lse, y, wt)
+        return i + 1, nll_sum + nll, correct_sum + correct, g_rows
 
     # One chunk at a time: with the default 10 parallel iterations, every chunk's [c, V]
     # temporaries could be live at once, which made the chunking pointless.
@@ -160,13 +158,18 @@ def _chunk_nll_and_grad(logits, labels, weights):
     top = tf.reduce_max(logits_f, -1)
     e = tf.exp(logits_f - top[:, None])
     total = tf.reduce_sum(e, -1)
-    lse = top + tf.math.log(total)
-    picked = tf.gather(logits_f, labels, batch_dims=1)
-    nll = tf.reduce_sum((lse - picked) * weights)
-    correct = tf.reduce_sum(tf.cast(picked >= top, tf.float32) * weights)
+    nll, correct = _nll_and_correct(logits_f, top, top + tf.math.log(total), labels, weights)
     onehot = tf.one_hot(labels, tf.shape(logits)[1], dtype=tf.float32)
     g = e * (weights / total)[:, None] - onehot * weights[:, None]
     return nll, correct, tf.cast(g, logits.dtype)
+
+
+def _nll_and_correct(logits, top, lse, labels, weights):
+    """A chunk's weighted (NLL sum, correct sum) from its float32 logits [c, V], their row
+    maxima and log-sum-exps. A tie for the top counts as correct, as in `batch_sums`."""
+    picked = tf.gather(logits, labels, batch_dims=1)
+    nll = tf.reduce_sum((lse - picked) * weights)
+    return nll, tf.reduce_sum(tf.cast(picked >= top, tf.float32) * weights)
 
 
 def _logit_grad_times_table(g, w, vocab_split):
