@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from gpt2_tf import losses, metrics, plots
+from gpt2_tf.compiled import ModelFunction
 from gpt2_tf.data import CLASSIFIER, load_tfrecords, read_metadata, split_prompts
 
 TRAIN_CONFIG = "train_config.json"
@@ -98,8 +99,8 @@ def _target_sums(model, x, y, w):
 
 def _sums_step(model):
     step = getattr(model, "_eval_sums_step", None)
-    if step is None:  # kept on the model: one trace per model, not one per call
-        step = tf.function(functools.partial(_target_sums, model), reduce_retracing=True)
+    if step is None:  # kept on the model: one trace per model structure, not one per call
+        step = ModelFunction(model, functools.partial(_target_sums, model), reduce_retracing=True)
         model._eval_sums_step = step
     return step
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from gpt2_tf.compiled import ModelFunction
+
 SAMPLERS = ("greedy", "temperature", "top_k", "top_p")
 BUCKET = 32  # prompt length and new-token count round up to a multiple of this
 
@@ -116,15 +118,20 @@ class Generator:
     """Compiled generation for one model; reuse it so traces are reused too."""
 
     def __init__(self, model, jit_compile: bool = False):
-        self.model, self.traces = model, 0  # traces: counted so tests can check the buckets
+        self.model = model
 
         def fn(ids, mask, max_new, extra, temperature, top_k, top_p, seed, stop_ids):
-            self.traces += 1
             return decode(
                 model, ids, mask, max_new, extra, temperature, top_k, top_p, seed, stop_ids
             )
 
-        self._fn = tf.function(fn, jit_compile=jit_compile)
+        # Traced again when LoRA, a merge or a dtype changes the model after a first call.
+        self._fn = ModelFunction(model, fn, jit_compile=jit_compile)
+
+    @property
+    def traces(self) -> int:
+        """Python traces so far (tests check that similar sizes reuse one)."""
+        return self._fn.traces
 
     def __call__(
         self,

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from gpt2_tf import (
     GPT2Classifier,
@@ -146,3 +147,55 @@ def test_lora_dense_matches_keras_merged_kernel(policy):
     for g_ours, g_ref in zip(*grads):
         scale = np.abs(g_ref).max()
         np.testing.assert_allclose(g_ours / scale, g_ref / scale, **tol)
+
+
+def _greedy_by_forward_passes(model, prompt, steps):
+    """Greedy decoding with no cache and no traced function: one plain forward pass a token."""
+    ids = list(prompt)
+    for _ in range(steps):
+        x = {"token_ids": np.array([ids], "int32"), "padding_mask": np.ones((1, len(ids)), "int32")}
+        ids.append(int(np.asarray(model(x))[0, -1].argmax()))
+    return ids[len(prompt) :]
+
+
+def _lm_batch():
+    """One (x, y, sample_weight) batch of INPUTS: every next real token is a target."""
+    x = {k: tf.constant(v) for k, v in INPUTS.items()}
+    y = tf.constant(np.roll(INPUTS["token_ids"], -1, axis=1))
+    w = tf.constant(np.roll(INPUTS["padding_mask"], -1, axis=1) * INPUTS["padding_mask"], "float32")
+    w = tf.tensor_scatter_nd_update(w, [[0, 3]], [0.0])  # the last token has no next one
+    return x, y, w
+
+
+@pytest.mark.parametrize("change", ["enable", "load", "merge"])
+def test_generate_and_perplexity_see_lora_changes_after_a_first_call(change, tmp_path):
+    """`generate` and `perplexity_on` keep traced functions on the model; enabling, loading and
+    merging LoRA afterwards must change what they compute exactly as it changes forward passes."""
+    from gpt2_tf.evaluation import perplexity_on
+
+    keras.utils.set_random_seed(5)
+    model = GPT2LanguageModel(CONFIG)
+    prompt, batch = [464, 2068, 7586], _lm_batch()
+    if change == "merge":  # adapters in place before the first call; merged after it
+        randomize_adapters(enable_lora(model, 4, alpha=8, targets=("c_attn", "c_fc")), seed=1)
+    first = model.generate(prompt, max_new_tokens=12, stop_token_ids=())  # same trace key
+    first_ppl = perplexity_on(model, [batch])["perplexity"]
+    if change == "enable":
+        randomize_adapters(enable_lora(model, 4, alpha=8, targets=("c_attn", "c_fc")), seed=1)
+    elif change == "load":
+        other = enable_lora(GPT2LanguageModel(CONFIG), 4, alpha=8, targets=("c_attn", "c_fc"))
+        randomize_adapters(other, seed=1)
+        save_lora(other, str(tmp_path / "adapters.safetensors"))
+        load_lora(model, str(tmp_path / "adapters.safetensors"))
+    else:
+        merge_lora(model)
+    want = _greedy_by_forward_passes(model, prompt, 12)
+    assert model.generate(prompt, max_new_tokens=12, stop_token_ids=()) == want
+    ppl = perplexity_on(model, [batch])["perplexity"]
+    x, y, w = batch
+    nll = keras.losses.sparse_categorical_crossentropy(y, model(x), from_logits=True)
+    np.testing.assert_allclose(ppl, np.exp(float(tf.reduce_sum(nll * w) / tf.reduce_sum(w))), 1e-5)
+    if change == "merge":  # merging changes no result
+        np.testing.assert_allclose(ppl, first_ppl, rtol=1e-5)
+    else:  # the adapters moved the model, and both functions saw it
+        assert ppl != pytest.approx(first_ppl, rel=1e-4) and want != first[: len(want)]
