@@ -222,7 +222,8 @@ def read_training_loss(run_dir: str) -> tuple[list[int], list[float]]:
                     points[event.step] = float(tf.make_ndarray(value.tensor))
     if not points and os.path.exists(os.path.join(run_dir, "metrics.csv")):
         with open(os.path.join(run_dir, "metrics.csv"), encoding="utf-8") as f:
-            points = {int(r["step"]): float(r["train_loss"]) for r in csv.DictReader(f)}
+            rows = csv.DictReader(f)  # rows of evaluations alone leave train_loss empty
+            points = {int(r["step"]): float(r["train_loss"]) for r in rows if r.get("train_loss")}
     steps = sorted(points)
     return steps, [points[s] for s in steps]
 

@@ -17,8 +17,11 @@ from absl import logging
 
 
 class Monitor:
-    def __init__(self, output_dir: str, enabled: bool = True):
-        self.enabled = enabled
+    """`csv_columns` are metrics.csv's columns, fixed for the run: a row leaves the values it
+    lacks empty, so each value stays under its own name (rows hold what a step logged)."""
+
+    def __init__(self, output_dir: str, csv_columns: list[str], enabled: bool = True):
+        self.enabled, self.csv_columns = enabled, list(csv_columns)
         self.csv_path = os.path.join(output_dir, "metrics.csv")
         root = os.path.join(output_dir, "tensorboard")
         self.writers = {}
@@ -63,24 +66,27 @@ class Monitor:
         logging.info("step %d/%d  %s", step, total, shown)
 
     def csv_row(self, row: dict) -> None:
-        if not self.enabled:
-            return
-        new = not os.path.exists(self.csv_path)
-        with open(self.csv_path, "a", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
+        """Appends a row; a key outside the columns is an error (it would have no header)."""
+        if self.enabled:
+            self._write_csv([row], "a")
+
+    def _write_csv(self, rows: list[dict], mode: str) -> None:
+        new = mode == "w" or not os.path.exists(self.csv_path)
+        with open(self.csv_path, mode, newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=self.csv_columns, restval="")
             if new:
                 writer.writeheader()
-            writer.writerow(row)
+            writer.writerows(rows)
 
     def truncate_csv(self, last_step: int) -> None:
-        """On resume: forget rows logged after the checkpoint the run restarts from."""
+        """On resume: forget rows logged after the checkpoint the run restarts from (the file is
+        rewritten with this run's columns)."""
         if not (self.enabled and os.path.exists(self.csv_path)):
             return
         with open(self.csv_path, newline="", encoding="utf-8") as f:
             rows = [r for r in csv.DictReader(f) if int(r["step"]) <= last_step]
-        os.remove(self.csv_path)
-        for row in rows:
-            self.csv_row(row)
+        keep = set(self.csv_columns)
+        self._write_csv([{k: v for k, v in r.items() if k in keep} for r in rows], "w")
 
 
 def write_json(path: str, obj) -> None:

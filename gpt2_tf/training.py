@@ -153,11 +153,18 @@ class Trainer:
                 cfg.precision,
             )
             self.optimizer.build(self.model.trainable_variables)
+            self._loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
             self.state = {
                 k: tf.Variable(v, dtype=tf.float64, trainable=False)
-                for k, v in (("step", 0), ("best", math.inf), ("bad_evals", 0), ("tokens", 0))
+                for k, v in (
+                    ("step", 0),
+                    ("best", math.inf),
+                    ("bad_evals", 0),
+                    ("tokens", 0),
+                    ("skipped_steps", 0),  # float16 updates skipped for non-finite gradients
+                )
             }
-        self.monitor = Monitor(cfg.output_dir, enabled=self.chief)
+        self.monitor = Monitor(cfg.output_dir, csv_columns(self.is_lm), enabled=self.chief)
         self.checkpoint = tf.train.Checkpoint(
             model={f"v{i}": v for i, v in enumerate(self.model.variables)},
             optimizer={f"v{i}": v for i, v in enumerate(self.optimizer.variables)},
@@ -186,12 +193,18 @@ class Trainer:
         x, y, w = batch
         with tf.GradientTape() as tape:
             nll, count, correct = self._forward_sums(x, y, w, training=True)
-            scaled = (
-                self.optimizer.scale_loss(nll) if hasattr(self.optimizer, "scale_loss") else nll
-            )
-        grads = tape.gradient(scaled, self.model.trainable_variables)
+            loss, per_micro = nll, None
+            if self._loss_scaled:
+                # float16: the dynamic scale multiplies the *mean* loss, as Keras and PyTorch size
+                # it. On the summed loss the effective scale was tokens x 2^15, and most early
+                # steps overflowed and were skipped. Gradients go back to sums below.
+                per_micro = tf.stop_gradient(tf.maximum(count, 1.0))
+                loss = self.optimizer.scale_loss(nll / per_micro)
+        grads = tape.gradient(loss, self.model.trainable_variables)
         # Embedding lookups give IndexedSlices; the tied wte gets a dense head gradient anyway.
         grads = [tf.convert_to_tensor(g) for g in grads]
+        if per_micro is not None:
+            grads = [g * per_micro for g in grads]
         sums = [nll, count, correct, tf.reduce_sum(tf.cast(x["padding_mask"], tf.float32))]
         if acc is None:
             return grads, sums
@@ -209,16 +222,24 @@ class Trainer:
         factor = per_token
         if self.cfg.clipnorm > 0:
             factor *= tf.minimum(1.0, self.cfg.clipnorm / tf.maximum(norm, 1e-30))
+        # Read before the update, which advances the schedule: the rate this update uses.
+        learning_rate = tf.identity(self.optimizer.learning_rate)
         if hasattr(self.optimizer, "apply_scaled"):
             self.optimizer.apply_scaled(grads, self.model.trainable_variables, factor)
         else:  # the loss-scale wrapper (float16) unscales and checks the gradients itself
             grads = [g * factor for g in grads]
             self.optimizer.apply(grads, self.model.trainable_variables)
+        # The wrapper halves its scale exactly when it skips an update (non-finite gradients).
+        skipped = tf.zeros([])
+        if self._loss_scaled:
+            skipped = tf.cast(self.optimizer.dynamic_scale < scale, tf.float32)
         return {
             "loss": nll / tf.maximum(count, 1.0),
             "grad_norm": norm,
             "accuracy": correct / tf.maximum(count, 1.0),
             "tokens": tokens,
+            "learning_rate": learning_rate,
+            "skipped": skipped,
         }
 
     def _make_train_step(self):
@@ -358,7 +379,9 @@ class Trainer:
                 )
         return step
 
-    def _after_step(self, step: int, out: dict) -> None:
+    def _after_step(self, step: int, out: dict) -> dict:
+        """Checks the loss, keeps the counters, and logs every `log_every` steps; returns the
+        training values logged now (none between log steps)."""
         loss = float(out["loss"])
         if not math.isfinite(loss):
             raise NonFiniteLoss(
@@ -367,19 +390,29 @@ class Trainer:
             )
         self.state["step"].assign(step)
         self.state["tokens"].assign_add(float(out["tokens"]))
-        if step % self.cfg.log_every == 0 or step == self.total_steps:
-            values = {
-                "loss": loss,
-                "grad_norm": float(out["grad_norm"]),
-                "learning_rate": float(self.optimizer.learning_rate),
-                "tokens_per_second": self.monitor.tokens_per_second(self._state("tokens")),
-            }
-            values["perplexity" if self.is_lm else "accuracy"] = (
-                losses.perplexity(loss, 1.0) if self.is_lm else float(out["accuracy"])
+        if float(out["skipped"]):
+            self.state["skipped_steps"].assign_add(1)
+            logging.warning(
+                "step %d: non-finite gradients under mixed_float16; update skipped "
+                "and the loss scale halved",
+                step,
             )
-            self.monitor.scalars("train", step, values)
-            self.monitor.log(step, self.total_steps, values)
-            self._last_train = values
+        if step % self.cfg.log_every and step != self.total_steps:
+            return {}
+        values = {
+            "loss": loss,
+            "perplexity" if self.is_lm else "accuracy": (
+                losses.perplexity(loss, 1.0) if self.is_lm else float(out["accuracy"])
+            ),
+            "grad_norm": float(out["grad_norm"]),
+            "learning_rate": float(out["learning_rate"]),
+            "tokens_per_second": self.monitor.tokens_per_second(self._state("tokens")),
+            "skipped_steps": int(self._state("skipped_steps")),
+        }
+        self.monitor.scalars("train", step, values)
+        self.monitor.log(step, self.total_steps, values)
+        self._last_train = values
+        return values
 
     def _eval_due(self, step: int) -> bool:
         every = self.cfg.eval_every or self.steps_per_epoch
@@ -394,17 +427,12 @@ class Trainer:
             for _ in range(offset, self.steps_per_epoch):
                 out = self._train_step(iterator)
                 step += 1
-                self._after_step(step, out)
+                row = _prefixed(self._after_step(step, out), "train_")
                 if self._eval_due(step):
                     stop = self._evaluate_and_track(step)
-                    self.monitor.csv_row(
-                        {
-                            "step": step,
-                            "epoch": epoch,
-                            **_prefixed(self._last_train, "train_"),
-                            **_prefixed(self._last_eval, "val_"),
-                        }
-                    )
+                    row.update(_prefixed(self._last_eval, "val_"))
+                if row:  # one row per step that logged or evaluated; absent values left empty
+                    self.monitor.csv_row({"step": step, "epoch": epoch, **row})
                 if step % self.cfg.save_every == 0 or stop or step == self.total_steps:
                     self.manager.save(checkpoint_number=step)
                 if stop or step >= self.total_steps:
@@ -428,6 +456,14 @@ class Trainer:
         if self.chief:
             write_json(os.path.join(self.cfg.output_dir, "result.json"), result)
         return result
+
+
+def csv_columns(is_lm: bool) -> list[str]:
+    """metrics.csv's columns: one fixed set per kind of task, whatever a row holds."""
+    train = ["loss", "perplexity" if is_lm else "accuracy", "grad_norm", "learning_rate"]
+    train += ["tokens_per_second", "skipped_steps"]
+    val = ["loss", "perplexity", "token_accuracy"] if is_lm else ["loss", "accuracy", "macro_f1"]
+    return ["step", "epoch", *(f"train_{k}" for k in train), *(f"val_{k}" for k in val)]
 
 
 def _prefixed(values: dict, prefix: str) -> dict:

@@ -4,6 +4,7 @@ resumes after SIGKILL to the same weights, and stops on a NaN loss."""
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -65,7 +66,7 @@ def test_instruction_validation_loss_falls(dolly_dir, tmp_path):
     result = trainer.run()
     assert result["validation"]["loss"] < before - 0.5, (before, result["validation"])
     rows = open(tmp_path / "metrics.csv").read().splitlines()
-    assert rows[0].startswith("step,epoch,train_loss") and len(rows) == 2
+    assert rows[0].startswith("step,epoch,train_loss") and len(rows) == 1 + 15  # every 2nd step
 
 
 def test_lora_trains_only_adapters(dolly_dir, tmp_path):
@@ -156,6 +157,81 @@ def test_tensorboard_tags(dolly_dir, tmp_path):
     for sub in ("checkpoints", "best", "final"):
         assert os.path.isdir(tmp_path / sub)
     assert (tmp_path / "train_config.json").exists() and (tmp_path / "result.json").exists()
+
+
+def read_csv(path):
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.reader(f))
+
+
+def test_metrics_csv_has_one_set_of_columns_when_an_epoch_is_shorter_than_log_every(
+    dolly_dir, tmp_path
+):
+    """320 examples / 64 = 5 steps an epoch, a log line every 10: the first row (step 5) has only
+    validation values, the next both. Every row has the header's columns, each value under its
+    own name, and the training loss reads back from the CSV alone."""
+    trainer = Trainer(config(dolly_dir, tmp_path, batch_size=64, max_steps=10, log_every=10))
+    result = trainer.run()
+    header, *rows = read_csv(tmp_path / "metrics.csv")
+    assert all(len(r) == len(header) for r in rows), (header, rows)
+    by_step = {int(r[0]): dict(zip(header, r)) for r in rows}
+    assert sorted(by_step) == [5, 10]
+    assert by_step[5]["train_loss"] == "" and float(by_step[5]["val_loss"]) > 0
+    last = by_step[10]
+    assert float(last["val_loss"]) == pytest.approx(result["validation"]["loss"], rel=1e-6)
+    assert float(last["val_perplexity"]) == pytest.approx(result["validation"]["perplexity"])
+    assert float(last["train_loss"]) == pytest.approx(result["train"]["loss"], rel=1e-6)
+    assert float(last["train_grad_norm"]) == pytest.approx(result["train"]["grad_norm"])
+    from gpt2_tf.evaluation import read_training_loss
+
+    shutil.rmtree(tmp_path / "tensorboard")  # the CSV is the fallback
+    steps, loss = read_training_loss(str(tmp_path))
+    assert steps == [10] and loss == [pytest.approx(result["train"]["loss"], rel=1e-6)]
+
+
+def test_logged_learning_rate_is_the_one_the_update_used(dolly_dir, tmp_path):
+    """Warm-up over 4 steps to 1e-3: update k (1-based) uses schedule(k - 1) = k * 2.5e-4."""
+    trainer = Trainer(
+        config(dolly_dir, tmp_path, max_steps=3, log_every=1, warmup_steps=4, learning_rate=1e-3)
+    )
+    trainer.run()
+    header, *rows = read_csv(tmp_path / "metrics.csv")
+    logged = {int(r[0]): float(dict(zip(header, r))["train_learning_rate"]) for r in rows}
+    assert logged == {k: pytest.approx(k * 2.5e-4) for k in (1, 2, 3)}
+
+
+def test_mixed_float16_applies_every_update_and_counts_skips(dolly_dir, tmp_path):
+    """The loss scale is sized to the mean loss: 8 steps on real Dolly rows make 8 updates (the
+    summed loss x 2^15 overflowed float16 and skipped most of them). A step that does overflow
+    is counted, in metrics.csv and TensorBoard."""
+    trainer = Trainer(
+        config(dolly_dir, tmp_path / "a", max_steps=8, log_every=1, precision="mixed_float16")
+    )
+    trainer.run()
+    assert int(trainer.optimizer.iterations) == 8
+    header, *rows = read_csv(tmp_path / "a" / "metrics.csv")
+    assert [dict(zip(header, r))["train_skipped_steps"] for r in rows] == ["0"] * 8
+
+    trainer = Trainer(
+        config(dolly_dir, tmp_path / "b", max_steps=2, log_every=1, precision="mixed_float16")
+    )
+    # Overflows float16 in the backward pass, and still does once halved: both steps skipped.
+    trainer.optimizer.dynamic_scale.assign(2.0**120)
+    trainer.run()
+    assert int(trainer.optimizer.iterations) == 0
+    assert float(trainer.optimizer.dynamic_scale) == 2.0**118
+    header, *rows = read_csv(tmp_path / "b" / "metrics.csv")
+    assert [dict(zip(header, r))["train_skipped_steps"] for r in rows] == ["1", "2"]
+    skipped = {}
+    folder = tmp_path / "b" / "tensorboard" / "train"
+    for name in os.listdir(folder):
+        for event in tf.compat.v1.train.summary_iterator(str(folder / name)):
+            for value in event.summary.value:
+                if value.tag == "skipped_steps":
+                    skipped[event.step] = float(tf.make_ndarray(value.tensor))
+    assert skipped == {1: 1.0, 2: 2.0}
 
 
 # ---- separate processes: tf.distribute and SIGKILL -----------------------------------------
