@@ -21,7 +21,7 @@ from absl import logging
 
 from gpt2_tf import losses
 from gpt2_tf.config import PRESETS, GPT2Config
-from gpt2_tf.data import CLASSIFIER, load_tfrecords, read_metadata, split_prompts
+from gpt2_tf.data import CLASSIFIER, load_tfrecords, read_metadata, split_examples, split_prompts
 from gpt2_tf.distribute import configure_cpu_threads, get_strategy
 from gpt2_tf.export import TASK_FILE
 from gpt2_tf.lora import enable_lora, save_lora
@@ -111,15 +111,6 @@ def build_model(cfg: TrainConfig, meta: dict):
     return model
 
 
-def _train_examples(meta: dict, stage: int) -> int:
-    splits = meta["splits"]
-    if stage:
-        return splits[f"train-stage{stage}"]["examples"]
-    return sum(
-        c["examples"] for s, c in splits.items() if s == "train" or s.startswith("train-stage")
-    )
-
-
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg, self.meta = cfg, read_metadata(cfg.data_dir)
@@ -135,7 +126,7 @@ class Trainer:
                 f"micro-batch {self.micro_batch} (batch_size / grad_accum_steps) is "
                 f"not divisible by the {self.replicas} replicas"
             )
-        self.steps_per_epoch = _train_examples(self.meta, cfg.stage) // cfg.batch_size
+        self.steps_per_epoch = split_examples(self.meta, "train", cfg.stage) // cfg.batch_size
         if self.steps_per_epoch < 1:
             raise ValueError(
                 f"{cfg.data_dir}: fewer training examples than one batch of {cfg.batch_size}"
