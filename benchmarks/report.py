@@ -63,8 +63,12 @@ def markdown(report: dict, params: int | None) -> str:
     lines = [
         f"# gpt2_tf benchmark{' (quick)' if report['quick'] else ''}",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}; "
-        + ", ".join(f"{k} {v}" for k, v in m.items() if k not in ("cpu", "cores", "python")),
+        f"Machine: {m['cpu']}, {m['cores']} cores"
+        + (f" ({m['cpu_features']})" if m.get("cpu_features") else "")
+        + f"; Python {m['python']}; "
+        + ", ".join(
+            f"{k} {v}" for k, v in m.items() if k not in ("cpu", "cores", "python", "cpu_features")
+        ),
         "",
         f"Matrix multiply (TensorFlow, {rate.get('n', 2048)}²): "
         f"float32 {_fmt(rate.get('float32', 0) / 1e9)} GFLOP/s, "
@@ -104,11 +108,12 @@ def markdown(report: dict, params: int | None) -> str:
                 bound = _bound_fraction(r, value, params, rate, setting)
                 frac = "" if bound is None else _fmt(bound, 1)
                 name = NAMES.get(r["case"], "gpt2_tf" if group == "prep" else r["variant"])
-                figure = (
-                    f"{_fmt(value)} {metric.replace('_', ' ')}"
-                    if value
-                    else f"error: {r['result'].get('error', '')[:60]}"
-                )
+                if value:
+                    figure = f"{_fmt(value)} {metric.replace('_', ' ')}"
+                elif "skipped" in r["result"]:
+                    figure = r["result"]["skipped"]
+                else:
+                    figure = f"error: {r['result'].get('error', '')[:60]}"
                 lines.append(
                     f"| {group} | {setting} | {name} | {figure} | "
                     f"{_fmt(r['result'].get('peak_rss_mb'), 0)} | {ratio} | {frac} | "

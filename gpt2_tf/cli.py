@@ -98,7 +98,13 @@ def define_train_flags(task: str, **defaults) -> None:
         "LoRA targets among c_attn, attn.c_proj, c_fc, mlp.c_proj.",
     )
     flags.DEFINE_enum("pooling", d["pooling"], ["last", "mean"], "Classifier pooling.")
-    flags.DEFINE_enum("precision", d["precision"], list(PRECISIONS), "Keras dtype policy.")
+    flags.DEFINE_enum(
+        "precision",
+        d["precision"],
+        list(PRECISIONS),
+        "Keras dtype policy; auto: mixed_bfloat16 where the device has bfloat16 natively (GPUs of "
+        "compute capability 8.0+, TPUs, CPUs with AMX or AVX512-BF16 under oneDNN), else float32.",
+    )
     flags.DEFINE_enum("strategy", d["strategy"], list(STRATEGIES), "tf.distribute strategy.")
     flags.DEFINE_integer(
         "inter_op_threads", d["inter_op_threads"], "TF inter-op threads; 0 = auto (1 on CPU)."
@@ -119,8 +125,11 @@ def define_train_flags(task: str, **defaults) -> None:
 
 
 def run_train() -> dict:
+    from gpt2_tf.hardware import resolve_precision
     from gpt2_tf.training import TrainConfig, train
 
+    # flags.txt records what runs: `--precision=auto` as the precision it chose.
+    FLAGS.precision, _ = resolve_precision(FLAGS.precision, FLAGS.strategy)
     names = [f.name for f in dataclasses.fields(TrainConfig)]
     cfg = TrainConfig(**{n: getattr(FLAGS, n) for n in names})
     os.makedirs(cfg.output_dir, exist_ok=True)

@@ -24,12 +24,13 @@ from gpt2_tf.config import PRESETS, GPT2Config
 from gpt2_tf.data import CLASSIFIER, load_tfrecords, read_metadata, split_examples, split_prompts
 from gpt2_tf.distribute import configure_cpu_threads, get_strategy
 from gpt2_tf.export import TASK_FILE
+from gpt2_tf.hardware import resolve_precision
 from gpt2_tf.lora import enable_lora, save_lora
 from gpt2_tf.model import GPT2Classifier, GPT2LanguageModel
 from gpt2_tf.monitor import Monitor, write_json
 from gpt2_tf.optim import make_optimizer
 
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")  # auto: see hardware.py
 
 
 @dataclasses.dataclass
@@ -51,7 +52,7 @@ class TrainConfig:
     lora_alpha: float | None = None
     lora_targets: tuple[str, ...] = ("c_attn",)
     pooling: str = "last"  # classifier tasks
-    precision: str = "float32"
+    precision: str = "auto"  # bfloat16 where the device has it natively, else float32
     strategy: str = "auto"
     inter_op_threads: int = 0  # 0 = auto: 1 for a single replica on CPU (see distribute.py)
     eval_every: int = 0  # steps; 0 = at the end of each epoch
@@ -82,23 +83,22 @@ class NonFiniteLoss(FloatingPointError):
     pass
 
 
-def build_model(cfg: TrainConfig, meta: dict):
-    """The task's model from a preset or pretrained weights, with dropout and LoRA applied."""
+def build_model(cfg: TrainConfig, meta: dict, dtype=None):
+    """The task's model from a preset or pretrained weights, with dropout and LoRA applied;
+    `dtype` is its Keras dtype policy (None: Keras's global one)."""
     overrides = {} if cfg.dropout is None else {"dropout": cfg.dropout}
-    head = (
-        {"num_classes": len(meta["label_names"]), "pooling": cfg.pooling}
-        if meta["kind"] == CLASSIFIER
-        else {}
-    )
-    cls = GPT2Classifier if head else GPT2LanguageModel
+    kwargs = {"dtype": dtype} if dtype else {}
+    if meta["kind"] == CLASSIFIER:
+        kwargs.update(num_classes=len(meta["label_names"]), pooling=cfg.pooling)
+    cls = GPT2Classifier if meta["kind"] == CLASSIFIER else GPT2LanguageModel
     if cfg.init_from in PRESETS:  # random weights: widen the position table to fit the data
         config = GPT2Config.from_preset(cfg.init_from, **overrides)
         config = config.replace(n_positions=max(config.n_positions, meta["seq_len"]))
-        model = cls(config, **head)
+        model = cls(config, **kwargs)
     else:
-        model = cls.from_pretrained(cfg.init_from, **head)
+        model = cls.from_pretrained(cfg.init_from, **kwargs)
         if overrides:  # rebuild with the new rate, same weights
-            fresh = cls(model.config.replace(**overrides), **head)
+            fresh = cls(model.config.replace(**overrides), **kwargs)
             fresh.set_weights(model.get_weights())
             model = fresh
     if model.config.n_positions < meta["seq_len"]:
@@ -113,11 +113,13 @@ def build_model(cfg: TrainConfig, meta: dict):
 
 class Trainer:
     def __init__(self, cfg: TrainConfig):
-        self.cfg, self.meta = cfg, read_metadata(cfg.data_dir)
+        self.meta = read_metadata(cfg.data_dir)
         self.is_lm = self.meta["kind"] != CLASSIFIER
         configure_cpu_threads(cfg.strategy, cfg.inter_op_threads)
+        # `auto` resolved here, so train_config.json records the precision that ran.
+        precision, _ = resolve_precision(cfg.precision, cfg.strategy)
+        self.cfg = cfg = dataclasses.replace(cfg, precision=precision)
         keras.utils.set_random_seed(cfg.seed)
-        keras.mixed_precision.set_dtype_policy(cfg.precision)
         self.strategy = get_strategy(cfg.strategy)
         self.replicas = self.strategy.num_replicas_in_sync
         self.micro_batch = cfg.batch_size // cfg.grad_accum_steps
@@ -134,7 +136,8 @@ class Trainer:
         self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.epochs
         self.chief = _is_chief(self.strategy)
         with self.strategy.scope():
-            self.model = build_model(cfg, self.meta)
+            # The policy goes to the model alone: Keras's global one is left as it was.
+            self.model = build_model(cfg, self.meta, dtype=cfg.precision)
             self.optimizer = make_optimizer(
                 cfg.learning_rate,
                 cfg.warmup_steps,

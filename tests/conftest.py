@@ -144,6 +144,7 @@ def train_tiny(data_dir: str, out, **overrides) -> str:
         num_samples=0,
         log_every=1,
         strategy="one_device",
+        precision="float32",  # the same model on any CPU (auto picks bfloat16 on some)
     )
     Trainer(TrainConfig(**{**cfg, **overrides})).run()
     return os.path.join(str(out), "final")

@@ -29,6 +29,7 @@ def train_config(data_dir, out, **kw):
         log_every=1,
         eval_batches=1,
         strategy="one_device",
+        precision="float32",
     )
     return TrainConfig(**{**base, **kw})
 

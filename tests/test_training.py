@@ -33,6 +33,7 @@ def config(data_dir, out, **kw):
         dropout=0.0,
         learning_rate=2e-3,
         strategy="one_device",
+        precision="float32",  # exact comparisons on any CPU; --precision=auto has its own tests
     )
     return TrainConfig(**{**base, **kw})
 

@@ -1,0 +1,100 @@
+"""What this machine can do, read in one place: bfloat16 hardware, oneDNN, GPUs, TPUs.
+
+`--precision=auto` (every `train.py`) and `make bench`'s choice of rows come from here, so a speed
+path is chosen by what the machine has rather than assumed. bfloat16 pays where the device does
+it natively: GPUs of compute capability 8.0 or later, TPUs, and CPUs with AMX-BF16 or AVX512-BF16
+when TensorFlow runs its oneDNN kernels. Elsewhere it is emulated and slower than float32
+(measured on an AVX2-only AMD EPYC: 52 against 72 tokens/s, GPT-2 124M training).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+
+from absl import logging
+
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo names
+REPORTED_CPU_FLAGS = ("amx_bf16", "amx_tile", "avx512f", "avx512_bf16", "avx512_vnni", "avx2")
+
+
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (Linux); empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            text = f.read().split("\n\n", 1)[0]
+    except OSError:
+        return {}
+    pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> frozenset[str]:
+    return frozenset(_cpuinfo().get("flags", "").split())
+
+
+def onednn_enabled() -> bool:
+    """Whether TensorFlow runs its oneDNN CPU kernels. TensorFlow turns them on by default on
+    Linux x86 CPUs with AVX-512 VNNI or BF16, AVX-VNNI or AMX; `TF_ENABLE_ONEDNN_OPTS` overrides."""
+    try:  # TensorFlow's own answer (a private module, read nowhere else)
+        from tensorflow.python.util import _pywrap_util_port
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        setting = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+        if setting is not None:
+            return setting.strip().lower() in ("1", "true")
+        wanted = {"avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile"}
+        return platform.system() == "Linux" and bool(wanted & cpu_flags())
+
+
+def describe_cpu() -> str:
+    """One line: the CPU model, its AMX / AVX-512 flags, and whether oneDNN is on."""
+    flags = cpu_flags()
+    shown = [f for f in REPORTED_CPU_FLAGS if f in flags] or ["none of AMX, AVX-512, AVX2"]
+    onednn = "on" if onednn_enabled() else "off"
+    return f"{cpu_model()}, {os.cpu_count()} cores; {', '.join(shown)}; TensorFlow oneDNN {onednn}"
+
+
+def _gpu_capabilities() -> list[tuple[int, int] | None]:
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")  # does not start TensorFlow's runtime
+    return [tf.config.experimental.get_device_details(g).get("compute_capability") for g in gpus]
+
+
+def bfloat16_support(strategy: str = "auto") -> tuple[bool, str]:
+    """(whether bfloat16 is native on the device training will use, why)."""
+    if strategy == "tpu":
+        return True, "TPUs compute in bfloat16 natively"
+    capabilities = _gpu_capabilities()
+    if capabilities:
+        if all(cc is not None and tuple(cc) >= (8, 0) for cc in capabilities):
+            return True, f"GPU compute capability {capabilities[0]} (8.0 or later: bfloat16 cores)"
+        return False, f"GPU compute capability {capabilities} (below 8.0: no bfloat16 cores)"
+    native = [f for f in BF16_CPU_FLAGS if f in cpu_flags()]
+    if not native:
+        return False, f"the CPU ({cpu_model()}) has neither AMX-BF16 nor AVX512-BF16"
+    if not onednn_enabled():
+        return False, (
+            f"the CPU has {' and '.join(native)}, but TensorFlow's oneDNN is off "
+            "(TF_ENABLE_ONEDNN_OPTS=0), and its plain kernels emulate bfloat16"
+        )
+    return True, f"the CPU ({cpu_model()}) has {' and '.join(native)} and TensorFlow runs oneDNN"
+
+
+def resolve_precision(requested: str, strategy: str = "auto") -> tuple[str, str]:
+    """`auto` -> `mixed_bfloat16` where bfloat16 is native, else `float32`; any other value is
+    kept. Returns (Keras dtype policy, why), and logs the choice for `auto`."""
+    if requested != "auto":
+        return requested, "set explicitly"
+    native, why = bfloat16_support(strategy)
+    precision = "mixed_bfloat16" if native else "float32"
+    logging.info("--precision=auto chose %s: %s", precision, why)
+    return precision, why

@@ -1,0 +1,102 @@
+"""--precision=auto: bfloat16 exactly where the device has it natively, and what was chosen is
+recorded (train_config.json, flags.txt)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import pytest
+
+from gpt2_tf import hardware
+from gpt2_tf.training import TrainConfig, Trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def machine(monkeypatch, flags=(), onednn=True, gpus=()):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(hardware, "onednn_enabled", lambda: onednn)
+    monkeypatch.setattr(hardware, "_gpu_capabilities", lambda: list(gpus))
+
+
+@pytest.mark.parametrize(
+    "flags, onednn, gpus, strategy, want",
+    [
+        (
+            ("avx512f", "amx_bf16", "amx_tile"),
+            True,
+            (),
+            "auto",
+            "mixed_bfloat16",
+        ),  # Sapphire Rapids
+        (("avx512f", "avx512_bf16"), True, (), "auto", "mixed_bfloat16"),  # Zen 4/5, Cooper Lake
+        (("avx2", "fma"), False, (), "auto", "float32"),  # AVX2 only: bfloat16 emulated
+        (("avx512f", "avx512_bf16"), False, (), "auto", "float32"),  # TF_ENABLE_ONEDNN_OPTS=0
+        (("avx2",), False, ((8, 0),), "auto", "mixed_bfloat16"),  # A100
+        (("avx2",), False, ((9, 0), (9, 0)), "mirrored", "mixed_bfloat16"),  # two H100s
+        (("avx512_bf16",), True, ((7, 5),), "auto", "float32"),  # T4: the GPU trains
+        (("avx2",), False, (), "tpu", "mixed_bfloat16"),
+    ],
+)
+def test_auto_chooses_bfloat16_where_it_is_native(monkeypatch, flags, onednn, gpus, strategy, want):
+    machine(monkeypatch, flags, onednn, gpus)
+    precision, why = hardware.resolve_precision("auto", strategy)
+    assert precision == want and why
+    for explicit in ("float32", "mixed_bfloat16", "mixed_float16"):  # a set value is kept
+        assert hardware.resolve_precision(explicit, strategy)[0] == explicit
+
+
+def _tensorflow_says_onednn_is_on() -> bool:
+    """TensorFlow's own start-up line, read from a fresh process (not through hardware.py)."""
+    code = "import tensorflow as tf; tf.constant(1.0) + 1.0"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return "oneDNN custom operations are on" in out.stderr
+
+
+def test_auto_on_this_machine_follows_its_cpu_flags_and_onednn():
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        flags = next(line for line in f if line.startswith("flags")).split(":")[1].split()
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU trains here: its compute capability decides (covered above)")
+    onednn = _tensorflow_says_onednn_is_on()
+    assert hardware.onednn_enabled() == onednn
+    native = ("amx_bf16" in flags or "avx512_bf16" in flags) and onednn
+    precision, why = hardware.resolve_precision("auto")
+    print(f"{hardware.describe_cpu()}: auto -> {precision} ({why})")
+    assert precision == ("mixed_bfloat16" if native else "float32")
+
+
+def test_the_trainer_records_the_precision_it_ran(dolly_dir, tmp_path):
+    want, _ = hardware.resolve_precision("auto")
+    before = keras.mixed_precision.dtype_policy().name
+    cfg = TrainConfig(dolly_dir, str(tmp_path), max_steps=1, num_samples=0, strategy="one_device")
+    assert cfg.precision == "auto"  # the default
+    trainer = Trainer(cfg)
+    assert trainer.cfg.precision == want and trainer.model.dtype_policy.name == want
+    assert keras.mixed_precision.dtype_policy().name == before  # the global policy untouched
+    trainer.run()
+    with open(tmp_path / "train_config.json", encoding="utf-8") as f:
+        assert json.load(f)["precision"] == want
+
+
+def test_train_py_writes_the_resolved_precision_to_flags_txt(dolly_dir, tmp_path):
+    want, _ = hardware.resolve_precision("auto")
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.instruction_tuning.train",
+        f"--data_dir={dolly_dir}",
+        f"--output_dir={tmp_path}",
+        "--max_steps=1",
+        "--num_samples=0",
+        "--eval_batches=1",
+    ]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"--precision=auto chose {want}" in out.stderr
+    lines = (tmp_path / "flags.txt").read_text().splitlines()
+    assert f"--precision={want}" in lines
