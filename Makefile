@@ -30,8 +30,9 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix gpt2_tf pipelines tests benchmarks
 
 # The main job on the embedded default (offline: bundled sample, small model).
+# MODEL=gpt2 (online) or MODEL=<folder> fine-tunes real GPT-2 instead of the tiny random one.
 demo: $(STAMP)
-	$(BIN)/python -m pipelines.demo
+	$(BIN)/python -m pipelines.demo $(if $(filter command line environment,$(origin MODEL)),--init_from=$(MODEL))
 
 # ---- the browser page: make app [MODEL=runs/<task>/final | exports/<task>[/N]] [PORT=8501] ----
 # (MODEL counts here only when given: its default, tiny, is the training preset.)

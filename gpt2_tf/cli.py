@@ -20,8 +20,8 @@ def define_prep_flags(task: str, seq_len: int) -> None:
     flags.DEFINE_string(
         "tokenizer",
         None,
-        "Tokenizer folder or hub id (default: GPT-2's "
-        "vocabulary: $GPT2_TF_TOKENIZER, ../shared/data/gpt2_tokenizer, or `gpt2`).",
+        "Tokenizer folder or hub id (default: $GPT2_TF_TOKENIZER, else GPT-2's vocabulary "
+        "shipped with gpt2_tf).",
     )
     flags.DEFINE_string("output_dir", os.path.join("tfrecords", task), "Output folder.")
     flags.DEFINE_integer("seq_len", seq_len, "Tokens per example (padded to this length).")

@@ -30,12 +30,13 @@ class ModelFunction:
 
     def __init__(self, model, fn, **tf_function_kwargs):
         self.model, self.traces = model, 0
-        self._python_fn, self._kwargs = fn, tf_function_kwargs
-        self._key, self._fn = None, None
+        self._kwargs, self._key, self._fn = tf_function_kwargs, None, None
 
-    def _counted(self, *args, **kwargs):
-        self.traces += 1
-        return self._python_fn(*args, **kwargs)
+        def counted(*args, **kwargs):  # a closure of its own: TensorFlow's retracing warning
+            self.traces += 1  # counts traces per Python function, across every instance
+            return fn(*args, **kwargs)
+
+        self._counted = counted
 
     def __call__(self, *args, **kwargs):
         key = structure(self.model)

@@ -61,22 +61,14 @@ def resolve(path_or_id: str, allow_patterns: Sequence[str], what: str) -> str:
     return snapshot_download(path_or_id, allow_patterns=list(allow_patterns))
 
 
-def project_root() -> str:
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# OpenAI's GPT-2 vocabulary files, shipped with the package (see assets/gpt2/README.md).
+BUNDLED_TOKENIZER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "gpt2")
 
 
 def default_tokenizer_source() -> str:
-    """GPT-2's vocabulary: $GPT2_TF_TOKENIZER, the shared data folder beside the project, or `gpt2`.
-
-    The shared folder is where this project's machines keep OpenAI's files for offline work.
-    """
-    env = os.environ.get("GPT2_TF_TOKENIZER")
-    if env:
-        return env
-    shared = os.path.join(project_root(), "..", "shared", "data", "gpt2_tokenizer")
-    if os.path.isdir(shared):
-        return os.path.normpath(shared)
-    return "gpt2"
+    """GPT-2's vocabulary: $GPT2_TF_TOKENIZER when set, else OpenAI's two files shipped inside
+    gpt2_tf, so the default works offline on any machine. The hub id `gpt2` works when online."""
+    return os.environ.get("GPT2_TF_TOKENIZER") or BUNDLED_TOKENIZER
 
 
 def dataset_file(repo_id: str, filename: str, what: str) -> str:

@@ -99,3 +99,53 @@ def test_errors_name_the_file(tmp_path):
         GPT2Tokenizer.from_pretrained(str(other))
     with pytest.raises(ValueError, match="outside the vocabulary"):
         GPT2Tokenizer.from_pretrained(VOCAB_DIR).decode([50257])
+
+
+def test_the_default_is_openais_vocabulary_shipped_with_the_package(monkeypatch):
+    """No argument: OpenAI's two files inside gpt2_tf (the very bytes tiktoken pins), exact to
+    the reference on hard cases, whatever lies beside the project."""
+    import os
+
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+    from gpt2_tf.hub import BUNDLED_TOKENIZER
+    from tests.conftest import reference_encoding
+
+    monkeypatch.delenv("GPT2_TF_TOKENIZER", raising=False)
+    tok = GPT2Tokenizer.from_pretrained()
+    assert tok.source == BUNDLED_TOKENIZER and "shared" not in os.path.relpath(tok.source)
+    # tiktoken's loader refuses files whose sha256 is not OpenAI's.
+    data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=os.path.join(BUNDLED_TOKENIZER, "vocab.bpe"),
+        encoder_json_file=os.path.join(BUNDLED_TOKENIZER, "encoder.json"),
+        vocab_bpe_hash="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+        encoder_json_hash="196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    )
+    reference = reference_encoding()
+    for text in HARD_CASES:
+        assert tok.encode(text) == reference.encode(text, disallowed_special=()), text
+    assert tok.vocab_size == 50257 and tok.eos_id == 50256
+
+
+def test_the_package_alone_tokenizes_offline(tmp_path):
+    """A copy of gpt2_tf in an empty folder (no ../shared beside it, no project), the hub off:
+    the default tokenizer loads and round-trips text."""
+    import os
+    import subprocess
+    import sys
+
+    import gpt2_tf
+
+    shutil.copytree(os.path.dirname(gpt2_tf.__file__), tmp_path / "gpt2_tf")
+    code = (
+        "import gpt2_tf.tokenizer as t, os; tok = t.GPT2Tokenizer.from_pretrained(); "
+        "assert tok.source.startswith(os.getcwd()), tok.source; "
+        "print(tok.encode('Hello world'), tok.decode(tok.encode('naïve 中文')))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GPT2_TF_TOKENIZER"}
+    env.update(PYTHONPATH=str(tmp_path), HF_HUB_OFFLINE="1")
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[15496, 995] naïve 中文"
