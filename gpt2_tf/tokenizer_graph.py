@@ -203,8 +203,9 @@ class GraphTokenizer(tf.Module):
     def decode(self, ids, lengths=None) -> tf.Tensor:
         """[B, (T)] ids (ragged, or dense [B, T] with optional `lengths` [B]) -> [B] strings.
 
-        Returns the raw bytes: a row cut inside a multi-byte character is not valid UTF-8 (the
-        Python path shows U+FFFD there, as `bytes.decode("utf-8", "replace")` does).
+        Always valid UTF-8, exactly the Python path's text: generated ids can cut a character or
+        join bytes that are not UTF-8, and each invalid run becomes U+FFFD, as
+        `GPT2Tokenizer.decode` (and `bytes.decode("utf-8", "replace")`) give it.
         """
         if isinstance(ids, list | tuple) and lengths is None:
             ids = tf.ragged.constant(ids, tf.int32, ragged_rank=1)
@@ -218,7 +219,7 @@ class GraphTokenizer(tf.Module):
         known = tf.reduce_all(tf.strings.length(pieces.flat_values) > 0)  # no token is empty
         check = tf.debugging.Assert(known, ["decode: an id outside the vocabulary"])
         with tf.control_dependencies([check]):
-            return tf.strings.reduce_join(pieces, axis=1)  # [B]
+            return _valid_utf8(tf.strings.reduce_join(pieces, axis=1))  # [B]
 
 
 def _token_bytes(tokens) -> dict[str, bytes]:

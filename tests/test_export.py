@@ -25,6 +25,7 @@ PROMPTS = [
     "1 2 3",
     "Zoë's café serves",
 ]
+SAMPLED = ["I love 🤖🎉 and 中文", "Zoë's café serves", "", "日本語のテキスト"]
 
 
 def in_fresh_process(code: str) -> dict:
@@ -55,7 +56,16 @@ for n in (1, 8):
             temperature=tf.constant(0.0), top_k=tf.constant(0), top_p=tf.constant(1.0),
             seed=tf.constant(0))
     res[n] = {{k: v.numpy().tolist() for k, v in out.items()}}
-    res[n]["outputs"] = [x.decode("utf-8", "replace") for x in res[n]["outputs"]]
+    res[n]["outputs"] = [x.decode("utf-8") for x in res[n]["outputs"]]  # strict: valid UTF-8
+sampled = []
+for seed in range(4):  # sampled at a high temperature: byte tokens come out in any order
+    out = f(prompts=tf.constant({SAMPLED!r}), max_new_tokens=tf.constant(24),
+            temperature=tf.constant(2.0), top_k=tf.constant(0), top_p=tf.constant(1.0),
+            seed=tf.constant(seed))
+    for text, ids, n in zip(out["outputs"].numpy(), out["output_ids"].numpy().tolist(),
+                            out["lengths"].numpy().tolist()):
+        sampled.append([text.decode("utf-8"), ids[:n]])
+res["sampled"] = sampled
 print(json.dumps(res))
 """)
     prompts = [p or "<|endoftext|>" for p in PROMPTS]  # an empty prompt continues from EOT
@@ -67,6 +77,8 @@ print(json.dumps(res))
             assert got["output_ids"][i][: got["lengths"][i]] == row
             text = tokenizer.decode([t for t in row if t != tokenizer.eos_id])
             assert got["outputs"][i] == text
+    for text, ids in served["sampled"]:  # what the Python path makes of the same ids
+        assert text == tokenizer.decode([t for t in ids if t != tokenizer.eos_id])
 
 
 @pytest.mark.slow

@@ -156,6 +156,41 @@ def test_invalid_utf8_reads_as_replacement_characters(graph, tokenizer):
     assert ids == [tokenizer.encode(r.decode("utf-8", "replace")) for r in raw]
 
 
+# Byte sequences that are not UTF-8: a cut character, a lone continuation byte, an overlong
+# form, an encoded surrogate, a code point past U+10FFFF, bytes never used in UTF-8.
+BAD_BYTES = [
+    b"\xe0\xb8",
+    b" recognize\xe0\xb8agency",
+    b"\x87....",
+    b"\xc0\x80",
+    b"\xed\xa0\x80x",
+    b"\xf4\x90\x80\x80",
+    b"\xf0\x9f\x98",
+    b"\xff\xfe\xfd",
+    b"ok \xe6\x97\xa5\xe6\x97 end",
+    b"\xe2\x82\xac\x80\x80\xf0",
+]
+
+
+def test_decode_gives_valid_utf8_exactly_as_the_python_path(graph, tokenizer):
+    """Generated ids can cut a character or pair bytes that are not UTF-8; the in-graph
+    detokenizer (the SavedModel's) then gives exactly GPT2Tokenizer.decode's text, with U+FFFD
+    where the bytes are invalid, never invalid UTF-8."""
+    import numpy as np
+
+    byte_id = {b: tokenizer.encoder[c] for b, c in bytes_to_unicode().items()}
+    rows = [[byte_id[b] for b in raw] for raw in BAD_BYTES]
+    rng = np.random.default_rng(0)  # and random mixes of byte tokens and whole tokens
+    rows += [rng.integers(0, 256, rng.integers(1, 9)).tolist() for _ in range(300)]
+    rows += [rng.integers(0, 50256, rng.integers(1, 9)).tolist() for _ in range(300)]
+    out = graph.decode(rows).numpy()
+    for ids, text in zip(rows, out):
+        assert text.decode("utf-8") == tokenizer.decode(ids), ids  # raises if not UTF-8
+    assert [t.decode() for t in out[: len(BAD_BYTES)]] == [
+        b.decode("utf-8", "replace") for b in BAD_BYTES
+    ]
+
+
 def test_decode_refuses_unknown_ids(graph):
     with pytest.raises(tf.errors.InvalidArgumentError, match="outside the vocabulary"):
         graph.decode([[15496, 50257]])
