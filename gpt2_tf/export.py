@@ -46,6 +46,17 @@ def _lm_endpoint(model, tok, eos: int):
     limit = model.config.n_positions
 
     def serve(prompts, max_new_tokens, temperature, top_k, top_p, seed):
+        args = (prompts, max_new_tokens, temperature, top_k, top_p, seed)
+        return tf.cond(tf.size(prompts) > 0, lambda: continue_prompts(*args), lambda: nothing())
+
+    def nothing():  # a request of no prompts gets no outputs
+        return {
+            "outputs": tf.zeros([0], tf.string),
+            "output_ids": tf.zeros([0, 0], tf.int32),
+            "lengths": tf.zeros([0], tf.int32),
+        }
+
+    def continue_prompts(prompts, max_new_tokens, temperature, top_k, top_p, seed):
         ids = tok.encode(prompts)  # [B, (T)]
         empty = tf.cast(ids.row_lengths() == 0, tf.int64)  # "" is continued from <|endoftext|>
         eot = tf.RaggedTensor.from_row_lengths(tf.fill([tf.reduce_sum(empty)], eos), empty)

@@ -10,6 +10,10 @@ buckets, so calls of similar sizes reuse one trace.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
+import numpy as np
 import tensorflow as tf
 
 from gpt2_tf.compiled import ModelFunction
@@ -19,16 +23,21 @@ BUCKET = 32  # prompt length and new-token count round up to a multiple of this
 
 
 def _top_k_filter(logits, k):
-    kth = tf.math.top_k(logits, k=tf.maximum(k, 1)).values[:, -1:]  # [B, 1]; k=0 is not taken
+    """Keeps the k most likely tokens; k above the vocabulary keeps them all (k=0 never comes
+    here: it means off)."""
+    k = tf.clip_by_value(k, 1, tf.shape(logits)[-1])
+    kth = tf.math.top_k(logits, k=k).values[:, -1:]  # [B, 1]
     return tf.where(logits < kth, float("-inf"), logits)
 
 
 def _top_p_filter(logits, p):
-    """Keeps the most likely tokens up to and including the one whose mass crosses `p`."""
+    """Keeps the most likely tokens up to and including the one whose mass crosses `p`, and
+    always the most likely one (p=0 keeps it alone, as Hugging Face's min_tokens_to_keep=1)."""
     sorted_logits = tf.sort(logits, direction="DESCENDING")  # [B, V]
     probs = tf.nn.softmax(sorted_logits)
     before = tf.cumsum(probs, axis=-1, exclusive=True)  # mass of the tokens ranked above
     cutoff = tf.reduce_min(tf.where(before < p, sorted_logits, float("inf")), -1, keepdims=True)
+    cutoff = tf.minimum(cutoff, sorted_logits[:, :1])
     return tf.where(logits < cutoff, float("-inf"), logits)
 
 
@@ -58,7 +67,12 @@ def decode(
 ):
     """The decoding loop, in graph. prompt_ids/mask [B, P] left-padded; rows whose mask is all
     zero are batch filler. Returns (new ids [B, max_new_tokens], padded with the first stop id
-    or 0, and lengths [B]: tokens up to and including the stop token)."""
+    or 0, and lengths [B]: tokens up to and including the stop token). B is at least 1.
+
+    The sampling settings are checked here, for the library and the SavedModel alike (see
+    `check_sampling`): an invalid one stops the call with its name and value."""
+    with tf.control_dependencies(_sampling_asserts(temperature, top_k, top_p)):
+        prompt_ids = tf.identity(prompt_ids)
     backbone = model.backbone
     b, p = tf.shape(prompt_ids)[0], tf.shape(prompt_ids)[1]
     mask = tf.concat([prompt_mask, tf.ones([b, cache_extra], prompt_mask.dtype)], 1)  # [B, P + X]
@@ -88,6 +102,41 @@ def decode(
     return tf.concat([ids, fill], 1), lengths
 
 
+# What the sampling settings may be: the same rule in Python (`check_sampling`, a ValueError)
+# and in graph (`_sampling_asserts`, an InvalidArgumentError from the SavedModel).
+SAMPLING_RULES = {
+    "temperature": "temperature must be a finite number (0 or less: greedy)",
+    "top_k": "top_k must be 0 (off) or more (above the vocabulary size: all tokens)",
+    "top_p": "top_p must be between 0 and 1 (1: off; 0: the most likely token alone)",
+}
+
+
+def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
+    """Refuses what `_sampling_asserts` refuses in graph, naming the value."""
+    bad = {
+        "temperature": not math.isfinite(temperature),
+        "top_k": top_k < 0,
+        "top_p": not 0 <= top_p <= 1,  # also NaN
+    }
+    values = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+    for name, wrong in bad.items():
+        if wrong:
+            raise ValueError(f"{SAMPLING_RULES[name]}, got {values[name]!r}")
+
+
+def _sampling_asserts(temperature, top_k, top_p):
+    checks = {
+        "temperature": tf.math.is_finite(temperature),
+        "top_k": top_k >= 0,
+        "top_p": (top_p >= 0.0) & (top_p <= 1.0),
+    }
+    values = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+    return [
+        tf.debugging.Assert(ok, [SAMPLING_RULES[k] + ", got", values[k]])
+        for k, ok in checks.items()
+    ]
+
+
 def _bucket(n: int, size: int = BUCKET) -> int:
     return max(size, -(-n // size) * size)
 
@@ -100,12 +149,11 @@ def sampler_settings(sampler: str, temperature: float, top_k: int, top_p: float)
     """(temperature, top_k, top_p) tensors' values for a named sampler."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    check_sampling(temperature, top_k, top_p)
     if sampler != "greedy" and temperature <= 0:
         raise ValueError(f"sampler {sampler!r} needs temperature > 0, got {temperature}")
     if sampler == "top_k" and top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
-    if sampler == "top_p" and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     return {
         "greedy": (0.0, 0, 1.0),
         "temperature": (temperature, 0, 1.0),
@@ -144,10 +192,17 @@ class Generator:
         seed: int = 0,
         stop_token_ids=(),
     ) -> list[list[int]]:
-        """New ids per prompt, up to and including the first stop id."""
+        """New ids per prompt, up to and including the first stop id (none for no prompts)."""
         settings = sampler_settings(sampler, temperature, top_k, top_p)
-        if not prompts or any(len(x) == 0 for x in prompts):
+        if len(prompts) == 0:
+            return []
+        if any(len(x) == 0 for x in prompts):
             raise ValueError("every prompt needs at least one token")
+        vocab = self.model.config.vocab_size
+        for i, row in enumerate(prompts):
+            bad = [t for t in row if not 0 <= t < vocab]
+            if bad:
+                raise ValueError(f"prompt {i}: token id(s) {bad[:5]} outside 0..{vocab - 1}")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         p, n, b = (
@@ -202,9 +257,9 @@ def generate(
     Stops per row at `<|endoftext|>` (or `stop_token_ids`) and at the first of `stop_strings`
     (the text is cut there). String prompts need a tokenizer; the default is GPT-2's.
     """
-    texts = isinstance(prompts, str) or (prompts and isinstance(prompts[0], str))
-    single = isinstance(prompts, str) or (prompts and isinstance(prompts[0], int))
-    batch = [prompts] if single else list(prompts)
+    batch, single, texts = _prompt_batch(prompts)
+    if not batch:
+        return []
     if texts or stop_strings:
         if tokenizer is None:
             from gpt2_tf.tokenizer import GPT2Tokenizer
@@ -226,6 +281,45 @@ def generate(
     else:
         out = new
     return out[0] if single else out
+
+
+def _is_id(x) -> bool:
+    return isinstance(x, int | np.integer) and not isinstance(x, bool)
+
+
+def _prompt_batch(prompts) -> tuple[list, bool, bool]:
+    """(the prompts as a list, whether one prompt was given, whether they are text). A prompt
+    is a str or a sequence of token ids; anything else is refused, naming it."""
+    what = "generate: a prompt is a str or a list of token ids"
+    if isinstance(prompts, bytes | bytearray):  # a Sequence of ints, but not token ids
+        raise TypeError(f"{what}, got bytes: decode them to a str first")
+    if isinstance(prompts, np.ndarray) and prompts.ndim == 1:
+        prompts = prompts.tolist()
+    if isinstance(prompts, str) or (
+        isinstance(prompts, Sequence) and len(prompts) and _is_id(prompts[0])
+    ):
+        batch, single = [prompts], True
+    elif isinstance(prompts, Sequence | np.ndarray):
+        batch, single = list(prompts), False
+    else:
+        raise TypeError(f"{what}, or a list of those; got {type(prompts).__name__}")
+    texts = bool(batch) and isinstance(batch[0], str)
+    for i, p in enumerate(batch):
+        if texts and not isinstance(p, str) or not texts and isinstance(p, str):
+            raise TypeError(f"{what}, all of one kind; prompt {i} is {type(p).__name__}")
+        if isinstance(p, str):
+            try:
+                p.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(
+                    f"generate: prompt {i} is not valid Unicode ({e.reason} at position "
+                    f"{e.start}: {p[max(e.start - 10, 0) : e.start + 10]!r})"
+                ) from None
+        elif isinstance(p, bytes | bytearray) or not isinstance(p, Sequence | np.ndarray):
+            raise TypeError(f"{what}; prompt {i} is {type(p).__name__} (bytes: decode it first)")
+        elif not all(_is_id(t) for t in p):
+            raise TypeError(f"{what}; prompt {i} holds {sorted({type(t).__name__ for t in p})}")
+    return batch, single, texts
 
 
 def _trim_ids(tokenizer, ids: list[int], stop_strings) -> list[int]:

@@ -80,6 +80,34 @@ print(json.dumps(res))
     for text, ids in served["sampled"]:  # what the Python path makes of the same ids
         assert text == tokenizer.decode([t for t in ids if t != tokenizer.eos_id])
 
+    # Settings at and past their limits: clamped or refused as in Python (test_generation.py).
+    limits = in_fresh_process(f"""
+f = tf.saved_model.load({path!r}).signatures["serving_default"]
+def run(prompts, temperature=1.0, top_k=0, top_p=1.0):
+    out = f(prompts=tf.constant(prompts, tf.string), max_new_tokens=tf.constant(8),
+            temperature=tf.constant(temperature), top_k=tf.constant(top_k),
+            top_p=tf.constant(top_p), seed=tf.constant(3))
+    return out["output_ids"].numpy().tolist(), out["outputs"].numpy().tolist()
+res = {{"none": [len(x) for x in run([])]}}
+res["free"], _ = run({PROMPTS!r})
+res["huge_k"], _ = run({PROMPTS!r}, top_k=10**6)
+res["greedy"], _ = run({PROMPTS!r}, temperature=0.0)
+res["p0"], _ = run({PROMPTS!r}, top_p=0.0)
+for name, kw in (("nan", dict(temperature=float("nan"))), ("p", dict(top_p=1.5)),
+                 ("k", dict(top_k=-1))):
+    try:
+        run({PROMPTS!r}, **kw)
+        res[name] = "accepted"
+    except tf.errors.InvalidArgumentError as e:
+        res[name] = e.message
+print(json.dumps(res))
+""")
+    assert limits["none"] == [0, 0]  # no prompts, no outputs
+    assert limits["huge_k"] == limits["free"] and limits["p0"] == limits["greedy"]
+    assert "temperature must be a finite number" in limits["nan"]
+    assert "top_p must be between 0 and 1" in limits["p"]
+    assert "top_k must be 0 (off) or more" in limits["k"]
+
 
 @pytest.mark.slow
 def test_saved_model_cli_shows_and_runs(lm_dir, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from gpt2_tf import GPT2LanguageModel
-from gpt2_tf.generation import Generator, _top_p_filter, sample
+from gpt2_tf.generation import Generator, _top_p_filter, decode, sample
 
 PROMPTS = [[464, 2068, 7586, 21831, 18045], [15496], [40, 588, 257]]
 
@@ -136,3 +136,62 @@ def test_bad_arguments(pair):
         model.generate([[1] * 120], 20)
     with pytest.raises(ValueError, match="at least one token"):
         model.generate([[]], 2)
+
+
+@pytest.mark.parametrize(
+    "bad, error, match",
+    [
+        (b"\xff\xfe bytes", TypeError, "got bytes"),  # was read as token ids 255, 254, ...
+        ([b"one", b"two"], TypeError, "prompt 0 is bytes"),
+        (None, TypeError, "got NoneType"),
+        (["fine", None], TypeError, "prompt 1 is NoneType"),
+        ([[1, 2], "text"], TypeError, "all of one kind; prompt 1 is str"),
+        ([[1, 2.5]], TypeError, "holds \\['float', 'int'\\]"),
+        ("lone \ud800 surrogate", ValueError, "prompt 0 is not valid Unicode"),
+        ([[1, 50257]], ValueError, "prompt 0: token id\\(s\\) \\[50257\\] outside 0..50256"),
+        ([[-1]], ValueError, "outside 0..50256"),
+    ],
+)
+def test_what_is_not_a_prompt_is_refused_by_name(pair, tokenizer, bad, error, match):
+    _, model = pair
+    with pytest.raises(error, match=match):
+        model.generate(bad, 2, tokenizer=tokenizer)
+
+
+def test_no_prompts_give_no_outputs_and_numpy_ids_are_ids(pair):
+    _, model = pair
+    assert model.generate([], 4) == []
+    ids = model.generate(np.array(PROMPTS[0]), 4, stop_token_ids=())
+    assert ids == model.generate(PROMPTS[0], 4, stop_token_ids=())
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        (dict(sampler="temperature", temperature=float("nan")), "temperature must be a finite"),
+        (dict(sampler="greedy", temperature=float("inf")), "temperature must be a finite"),
+        (dict(sampler="top_p", top_p=1.5), "top_p must be between 0 and 1"),
+        (dict(sampler="top_p", top_p=float("nan")), "top_p must be between 0 and 1"),
+        (dict(sampler="top_k", top_k=-3), "top_k must be 0 \\(off\\) or more"),
+    ],
+)
+def test_invalid_sampling_settings_are_refused(pair, settings, match):
+    _, model = pair
+    with pytest.raises(ValueError, match=match):
+        model.generate(PROMPTS, 4, **settings)
+
+
+def test_sampling_settings_at_their_limits_are_clamped(pair):
+    """top_k above the vocabulary keeps every token (it crashed TopKV2); top_p=0 keeps the most
+    likely token alone, which is greedy (every token was dropped, and an id out of range drawn).
+    The in-graph checks are the SavedModel's too (tests/test_export.py)."""
+    _, model = pair
+    kw = dict(temperature=1.0, seed=5, stop_token_ids=())
+    free = model.generate(PROMPTS, 8, sampler="temperature", **kw)
+    assert model.generate(PROMPTS, 8, sampler="top_k", top_k=10**6, **kw) == free
+    greedy = model.generate(PROMPTS, 8, stop_token_ids=())
+    assert model.generate(PROMPTS, 8, sampler="top_p", top_p=0.0, **kw) == greedy
+    # Past Python's checks, the loop itself refuses what it cannot run.
+    args = [tf.constant([[1, 2]]), tf.constant([[1, 1]]), 2, 2]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="temperature must be a finite"):
+        decode(model, *args, float("nan"), 0, 1.0, tf.constant([0, 0]), tf.constant([0]))
