@@ -111,8 +111,8 @@ class _Stats:
         self.dropped = collections.Counter()
         self.class_counts = collections.defaultdict(collections.Counter)
 
-    def drop(self, reason: str) -> None:
-        self.dropped[reason] += 1
+    def drop(self, reason: str, rows: int = 1) -> None:
+        self.dropped[reason] += rows
 
 
 def _padded(ids: list[int], seq_len: int, pad_id: int) -> list[int]:
@@ -189,7 +189,8 @@ def _second_pass(spec, opts, tokenizer, assignment, total, writer) -> _Stats:
         except RowError as e:
             if opts.on_error != "skip":
                 raise
-            stats.drop(e.reason)
+            stats.read += e.rows - 1  # a whole file's rows, lost at once, were read as one
+            stats.drop(e.reason, e.rows)
             continue
         except Drop as d:
             stats.drop(d.reason)

@@ -23,9 +23,13 @@ class Row:
 
 
 class RowError(ValueError):
-    """A row that cannot be used; `reason` is the key it is counted under when skipped."""
+    """A row that cannot be used; `reason` is the key it is counted under when skipped. `rows`
+    is how many rows it loses: more than one where a whole file fails (a JSON file that does not
+    parse loses every document it held)."""
 
-    def __init__(self, file: str, line: int, field: str | None, reason: str, detail: str):
+    def __init__(
+        self, file: str, line: int, field: str | None, reason: str, detail: str, rows: int = 1
+    ):
         self.file, self.line, self.field, self.reason, self.detail = (
             file,
             line,
@@ -33,6 +37,7 @@ class RowError(ValueError):
             reason,
             detail,
         )
+        self.rows = rows
         where = f"{file}: line {line}" + (f": field {field!r}" if field else "")
         super().__init__(f"{where}: {detail}")
 

@@ -324,3 +324,41 @@ def test_empty_txt_file_and_missing_files(tmp_path, tokenizer):
         _prep(tokenizer, tmp_path / "out3", [_write(tmp_path / "notes.md", "x")])
     with pytest.raises(ValueError, match="--text_files is required"):
         _prep(tokenizer, tmp_path / "out4", [])
+
+
+def _renamed_mengzi(tmp_path) -> tuple[str, int]:
+    """Mencius with its "paragraphs" key renamed: (path, number of chapters)."""
+    with open(shared("chinese_poetry", "mengzi.json"), encoding="utf-8") as f:
+        chapters = json.load(f)
+    renamed = [{("text" if k == "paragraphs" else k): v for k, v in c.items()} for c in chapters]
+    return _write(tmp_path / "mengzi.json", json.dumps(renamed, ensure_ascii=False)), len(chapters)
+
+
+def test_a_json_file_with_no_text_key_is_an_error_or_a_counted_drop(tmp_path, tokenizer):
+    """It contributed nothing and said nothing (rows read 20 = written 20 + dropped 0, with the
+    file listed in metadata)."""
+    path, chapters = _renamed_mengzi(tmp_path)
+    good = shared("chinese_poetry", "lunyu.json")
+    with pytest.raises(RowError, match=r"mengzi\.json: line 1: .*'paragraphs' or 'content'"):
+        _prep(tokenizer, tmp_path / "out", [good, path], seq_len=64)
+    meta = _prep(tokenizer, tmp_path / "skip", [good, path], seq_len=64, on_error="skip")
+    rows = meta["rows"]
+    assert rows["dropped"] == {"no_documents": chapters}  # each chapter counted as lost
+    assert rows["read"] == rows["written"] + chapters and rows["written"] == 20  # lunyu's
+
+
+def test_a_broken_json_file_counts_the_documents_it_held(tmp_path, tokenizer):
+    with open(shared("chinese_poetry", "tangshisanbaishou.json"), encoding="utf-8") as f:
+        text = f.read()
+    cut = _write(tmp_path / "tang.json", text[: len(text) // 2])  # a truncated download
+    held = cut_docs = open(cut, encoding="utf-8").read().count('"paragraphs"')
+    assert held > 100
+    meta = _prep(
+        tokenizer,
+        tmp_path / "out",
+        [cut, shared("chinese_poetry", "lunyu.json")],
+        seq_len=64,
+        on_error="skip",
+    )
+    assert meta["rows"]["dropped"] == {"malformed_json": cut_docs}
+    assert meta["rows"]["read"] == meta["rows"]["written"] + cut_docs

@@ -123,6 +123,16 @@ def _document_nodes(node) -> Iterator[tuple[str, _Located]]:
             yield from _document_nodes(child)
 
 
+def _objects_with_strings(node) -> int:
+    """Objects holding a list of strings under any key: the documents a file would have given
+    under the expected keys."""
+    if isinstance(node, dict):
+        if any(_is_strings(v) and v for v in node.values()):
+            return 1
+        node = list(node.values())
+    return sum(_objects_with_strings(c) for c in node) if isinstance(node, list) else 0
+
+
 def _json_document(path: str, line: int, key: str, node: dict) -> Row | RowError:
     body = node[key]
     if not "".join(body).strip():
@@ -144,13 +154,25 @@ def _json_documents(path: str) -> Iterator[Row | RowError]:
     try:
         obj = _LocatingDecoder().decode(text)
     except json.JSONDecodeError as e:
-        yield RowError(
-            path, e.lineno, None, "malformed_json", f"not valid JSON ({e.msg}, column {e.colno})"
-        )
+        # What the file held is lost: count its documents, a body key opening a list of strings.
+        body = rf'"(?:{"|".join(BODY_KEYS)})"\s*:\s*\[\s*"'
+        held = max(len(re.findall(body, text)), 1)
+        detail = f"not valid JSON ({e.msg}, column {e.colno}); its {held} document(s) lost"
+        yield RowError(path, e.lineno, None, "malformed_json", detail, rows=held)
         return
     newlines = [m.start() for m in re.finditer("\n", text)]
+    found = False
     for key, node in _document_nodes(obj):
+        found = True
         yield _json_document(path, bisect.bisect_right(newlines, node.offset) + 1, key, node)
+    if not found:  # read, listed in metadata with its sha256, and yet no text: say so
+        keys = " or ".join(repr(k) for k in BODY_KEYS)
+        held = max(_objects_with_strings(obj), 1)
+        detail = (
+            f"no object holds a list of strings under {keys} (the keys text_tuning reads); "
+            f"{held} object(s) with text under other keys"
+        )
+        yield RowError(path, 1, None, "no_documents", detail, rows=held)
 
 
 # --- the task -----------------------------------------------------------------------------------
