@@ -122,19 +122,28 @@ def define_train_flags(task: str, **defaults) -> None:
     flags.DEFINE_integer("stage", d["stage"], "Staged text data: train on this stage; 0 = all.")
     flags.DEFINE_string("tokenizer", d["tokenizer"], "Tokenizer folder (default: the data's).")
     flags.DEFINE_integer("num_samples", d["num_samples"], "Generations shown per evaluation (LM).")
+    flags.DEFINE_boolean(
+        "restart",
+        d["restart"],
+        "Start at step 0: remove --output_dir's checkpoints and logs first. Without it, a rerun "
+        "resumes from the last checkpoint, and is refused if its run-defining flags changed.",
+    )
 
 
 def run_train() -> dict:
     from gpt2_tf.hardware import resolve_precision
-    from gpt2_tf.training import TrainConfig, train
+    from gpt2_tf.locking import FolderLock
+    from gpt2_tf.training import TrainConfig, Trainer
 
     # flags.txt records what runs: `--precision=auto` as the precision it chose.
     FLAGS.precision, _ = resolve_precision(FLAGS.precision, FLAGS.strategy)
     names = [f.name for f in dataclasses.fields(TrainConfig)]
     cfg = TrainConfig(**{n: getattr(FLAGS, n) for n in names})
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    FLAGS.append_flags_into_file(os.path.join(cfg.output_dir, "flags.txt"))  # --flagfile= reruns it
-    return train(cfg)
+    with FolderLock(cfg.output_dir, "training"):  # held before flags.txt is written
+        trainer = Trainer(cfg)  # refuses to resume a run started with other settings
+        with open(os.path.join(cfg.output_dir, "flags.txt"), "w", encoding="utf-8") as f:
+            f.write(FLAGS.flags_into_string())  # this command's flags: --flagfile= reruns it
+        return trainer.run()
 
 
 def define_test_flags(task: str) -> None:

@@ -8,6 +8,7 @@ tasks a few sampled generations at each evaluation.
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
 import time
@@ -18,19 +19,39 @@ from absl import logging
 
 class Monitor:
     """`csv_columns` are metrics.csv's columns, fixed for the run: a row leaves the values it
-    lacks empty, so each value stays under its own name (rows hold what a step logged)."""
+    lacks empty, so each value stays under its own name (rows hold what a step logged).
+    TensorBoard's writers open at the first value written, after `cut` has run."""
 
     def __init__(self, output_dir: str, csv_columns: list[str], enabled: bool = True):
         self.enabled, self.csv_columns = enabled, list(csv_columns)
         self.csv_path = os.path.join(output_dir, "metrics.csv")
-        root = os.path.join(output_dir, "tensorboard")
-        self.writers = {}
-        if enabled:
-            self.writers = {
-                s: tf.summary.create_file_writer(os.path.join(root, s))
+        self.tensorboard = os.path.join(output_dir, "tensorboard")
+        self._writers = {}
+        self._last_time, self._last_tokens = time.monotonic(), 0.0
+
+    @property
+    def writers(self) -> dict:
+        if self.enabled and not self._writers:
+            self._writers = {
+                s: tf.summary.create_file_writer(os.path.join(self.tensorboard, s))
                 for s in ("train", "validation")
             }
-        self._last_time, self._last_tokens = time.monotonic(), 0.0
+        return self._writers
+
+    def cut(self, step: int) -> None:
+        """Forgets what was logged after `step` (a run resuming from its checkpoint at `step`,
+        or starting at 0 after a killed attempt): metrics.csv rows and TensorBoard events, so
+        no step shows twice."""
+        if not self.enabled:
+            return
+        self.truncate_csv(step)
+        for path in glob.glob(os.path.join(self.tensorboard, "*", "events.*")):
+            records = [r.numpy() for r in tf.data.TFRecordDataset(path)]
+            keep = [r for r in records if tf.compat.v1.Event.FromString(r).step <= step]
+            if len(keep) < len(records):
+                with tf.io.TFRecordWriter(path) as f:
+                    for record in keep:
+                        f.write(record)
 
     def flags(self, config: dict) -> None:
         if not self.enabled:

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import glob
 import hashlib
 import json
 import os
+import shutil
 
 import numpy as np
 from tqdm import tqdm
 
 from gpt2_tf import __version__
 from gpt2_tf.data import CLASSIFIER, METADATA, ShardedWriter, serialize
+from gpt2_tf.locking import FolderLock
 from gpt2_tf.readers import RowError
 from gpt2_tf.tasks import Drop, EncodeContext, TaskSpec
 
@@ -64,16 +67,59 @@ def _tokenizer_files(folder) -> dict[str, str]:
     return {os.path.basename(p): file_sha256(p) for p in paths if folder and os.path.exists(p)}
 
 
-def _prepare_folder(folder: str, overwrite: bool) -> None:
-    os.makedirs(folder, exist_ok=True)
-    old = [n for n in os.listdir(folder) if n.endswith(".tfrecord") or n == METADATA]
+def _is_prep_file(name: str) -> bool:
+    return name.endswith(".tfrecord") or name == METADATA
+
+
+def _check_target(folder: str, overwrite: bool) -> None:
+    old = [n for n in os.listdir(folder) if _is_prep_file(n)] if os.path.isdir(folder) else []
     if old and not overwrite:
         raise FileExistsError(
             f"{folder} already holds prepared data ({len(old)} files); "
             "pass --overwrite to replace it"
         )
-    for name in old:
-        os.remove(os.path.join(folder, name))
+
+
+def _beside(folder: str, kind: str, pid: int | str = "*") -> str:
+    """A hidden sibling of `folder`: `.<name>.<kind>-<pid>` (the staging folder, the old data)."""
+    parent, name = os.path.split(os.path.abspath(folder).rstrip(os.sep))
+    return os.path.join(parent, f".{name}.{kind}-{pid}")
+
+
+def _recover(folder: str) -> None:
+    """Clears what an earlier prep of `folder` left when it was killed (the lock is held, so no
+    prep of it runs now): its staging folder goes; old data set aside by a swap that did not
+    finish goes back in place, or is removed if the new data made it."""
+    for staging in glob.glob(_beside(folder, "prep")):
+        shutil.rmtree(staging, ignore_errors=True)
+    for old in glob.glob(_beside(folder, "old")):
+        if os.path.isdir(folder):
+            _move_others(old, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(old, folder)
+
+
+def _move_others(source: str, target: str) -> None:
+    """Moves the files that are not a prep's (a user's notes) from `source` to `target`."""
+    for name in os.listdir(source):
+        if not _is_prep_file(name) and not os.path.exists(os.path.join(target, name)):
+            os.rename(os.path.join(source, name), os.path.join(target, name))
+
+
+def _commit(staging: str, folder: str) -> None:
+    """Puts the finished prep in `staging` (metadata written last) in place of `folder`. Two
+    renames on one file system: at any moment `folder` holds the old prep, the new one, or
+    (killed between the two) nothing, and `_recover` puts the old one back."""
+    if os.path.isdir(folder):
+        old = _beside(folder, "old", os.getpid())
+        os.rename(folder, old)
+        os.rename(staging, folder)
+        _move_others(old, folder)
+        shutil.rmtree(old)
+    else:
+        os.makedirs(os.path.dirname(os.path.abspath(folder)), exist_ok=True)
+        os.rename(staging, folder)
 
 
 def _assign_splits(spec: TaskSpec, opts: PrepOptions, groups: list) -> dict:
@@ -221,13 +267,23 @@ def prepare(spec: TaskSpec, tokenizer, opts: PrepOptions) -> dict:
     if not 0 < opts.subsample <= 1:
         raise ValueError(f"subsample must be in (0, 1], got {opts.subsample}")
     opts = dataclasses.replace(opts, task=spec.resolve(dict(opts.task)))  # may fail offline
-    _prepare_folder(opts.output_dir, opts.overwrite)
-    total, assignment = _first_pass(spec, opts)
-    with ShardedWriter(opts.output_dir, opts.num_shards) as writer:
-        stats = _second_pass(spec, opts, tokenizer, assignment, total, writer)
-    meta = _metadata(spec, opts, tokenizer, stats, writer.counts)
-    with open(os.path.join(opts.output_dir, METADATA), "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=2, ensure_ascii=False)
+    # Locked, and written beside the folder until complete: a second prep into the same folder
+    # fails at once, and a failed or killed prep leaves the previous data as it was.
+    with FolderLock(opts.output_dir, f"prep {spec.name}"):
+        _recover(opts.output_dir)
+        _check_target(opts.output_dir, opts.overwrite)
+        staging = _beside(opts.output_dir, "prep", os.getpid())
+        os.makedirs(staging)
+        try:
+            total, assignment = _first_pass(spec, opts)
+            with ShardedWriter(staging, opts.num_shards) as writer:
+                stats = _second_pass(spec, opts, tokenizer, assignment, total, writer)
+            meta = _metadata(spec, opts, tokenizer, stats, writer.counts)
+            with open(os.path.join(staging, METADATA), "w", encoding="utf-8") as f:
+                json.dump(meta, f, indent=2, ensure_ascii=False)
+            _commit(staging, opts.output_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone already once committed
     print(summary(meta))
     return meta
 

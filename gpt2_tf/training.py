@@ -19,12 +19,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from gpt2_tf import losses
+from gpt2_tf import losses, run_folder
 from gpt2_tf.config import PRESETS, GPT2Config
 from gpt2_tf.data import CLASSIFIER, load_tfrecords, read_metadata, split_examples, split_prompts
 from gpt2_tf.distribute import configure_cpu_threads, get_strategy
 from gpt2_tf.export import TASK_FILE
 from gpt2_tf.hardware import resolve_precision
+from gpt2_tf.locking import FolderLock
 from gpt2_tf.lora import enable_lora, save_lora
 from gpt2_tf.model import GPT2Classifier, GPT2LanguageModel
 from gpt2_tf.monitor import Monitor, write_json
@@ -64,6 +65,7 @@ class TrainConfig:
     stage: int = 0  # text_tuning staged data: train on this stage only (0 = all of train)
     tokenizer: str | None = None  # for the sampled generations in TensorBoard (LM tasks)
     num_samples: int = 3
+    restart: bool = False  # clear output_dir's checkpoints and logs and start at step 0
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -135,6 +137,26 @@ class Trainer:
             )
         self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.epochs
         self.chief = _is_chief(self.strategy)
+        ckpt_dir = os.path.join(cfg.output_dir, "checkpoints")
+        self._lock = None
+        if self.chief:  # one run per folder: a second fails at once, naming this one
+            self._lock = FolderLock(cfg.output_dir, "training").acquire()
+        else:  # every worker saves; only the chief's copy is kept
+            ckpt_dir = os.path.join(
+                cfg.output_dir, f"tmp-worker-{self.strategy.cluster_resolver.task_id}"
+            )
+        try:
+            if self.chief:
+                self._take_folder(ckpt_dir)
+                os.makedirs(cfg.output_dir, exist_ok=True)
+            self._build(ckpt_dir)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, ckpt_dir: str) -> None:
+        """The model, optimizer, counters, logs and checkpoints, in the strategy's scope."""
+        cfg = self.cfg
         with self.strategy.scope():
             # The policy goes to the model alone: Keras's global one is left as it was.
             self.model = build_model(cfg, self.meta, dtype=cfg.precision)
@@ -164,13 +186,32 @@ class Trainer:
             optimizer={f"v{i}": v for i, v in enumerate(self.optimizer.variables)},
             state=self.state,
         )
-        ckpt_dir = os.path.join(cfg.output_dir, "checkpoints")
-        if not self.chief:  # every worker saves; only the chief's copy is kept
-            ckpt_dir = os.path.join(
-                cfg.output_dir, f"tmp-worker-{self.strategy.cluster_resolver.task_id}"
-            )
         self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir, max_to_keep=2)
         self._train_step = self._make_train_step()
+
+    def _take_folder(self, ckpt_dir: str) -> None:
+        """Before anything is written: `--restart` clears the run's outputs; a resume must have
+        the settings the run was started with; a start with no checkpoint clears the logs a
+        killed attempt left (else its rows would stay beside the new ones)."""
+        folder = self.cfg.output_dir
+        if self.cfg.restart:
+            removed = run_folder.clear(folder)
+            if removed:
+                logging.info("--restart: removed %s from %s", ", ".join(removed), folder)
+        elif run_folder.checkpoint_step(ckpt_dir) is not None:
+            run_folder.check_resumable(folder, dataclasses.asdict(self.cfg))
+        elif run_folder.has_logs(folder):
+            logging.warning(
+                "%s: no checkpoint: starting from step 0 (logs of an earlier attempt removed)",
+                folder,
+            )
+            run_folder.clear(folder)
+
+    def close(self) -> None:
+        """Releases the output folder (`run` does when it ends)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _state(self, name: str) -> float:
         return float(self.state[name].numpy())  # .numpy(): also a MirroredVariable's value
@@ -363,7 +404,7 @@ class Trainer:
         step = int(self._state("step"))
         if path:
             logging.info("resumed from %s at step %d", path, step)
-            self.monitor.truncate_csv(step)
+            self.monitor.cut(step)  # what a killed attempt logged after its checkpoint
         else:
             self.monitor.flags(dataclasses.asdict(self.cfg))
             if self.chief:
@@ -413,6 +454,12 @@ class Trainer:
         return step % every == 0 or step == self.total_steps
 
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def _run(self) -> dict:
         step, stop = self._resume(), False
         self._last_train, self._last_eval = {}, {}
         while step < self.total_steps and not stop:
@@ -474,5 +521,4 @@ def _is_chief(strategy) -> bool:
 
 
 def train(cfg: TrainConfig) -> dict:
-    os.makedirs(cfg.output_dir, exist_ok=True)
     return Trainer(cfg).run()

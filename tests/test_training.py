@@ -235,6 +235,71 @@ def test_mixed_float16_applies_every_update_and_counts_skips(dolly_dir, tmp_path
     assert skipped == {1: 1.0, 2: 2.0}
 
 
+def tensorboard_steps(folder, tag="loss") -> list[int]:
+    steps = []
+    for name in sorted(os.listdir(folder / "tensorboard" / "train")):
+        for event in tf.compat.v1.train.summary_iterator(
+            str(folder / "tensorboard" / "train" / name)
+        ):
+            steps += [event.step for v in event.summary.value if v.tag == tag]
+    return sorted(steps)
+
+
+def test_a_resume_refuses_other_settings_unless_restarted(dolly_dir, tmp_path):
+    """Resuming with --batch_size 8 -> 16 trained nothing and exited 0; now it is refused with
+    the differences listed, and --restart starts the run afresh."""
+    Trainer(config(dolly_dir, tmp_path, max_steps=2)).run()
+    before = (tmp_path / "metrics.csv").read_text()
+    with pytest.raises(ValueError) as info:
+        Trainer(config(dolly_dir, tmp_path, max_steps=2, batch_size=16, learning_rate=0.01))
+    message = str(info.value)
+    assert "--batch_size: 8 when started, 16 now" in message
+    assert "--learning_rate: 0.002 when started, 0.01 now" in message and "--restart" in message
+    assert (tmp_path / "metrics.csv").read_text() == before  # nothing touched
+    same = Trainer(config(dolly_dir, tmp_path, max_steps=2, eval_every=1, log_every=1))
+    assert same.run()["steps"] == 2  # logging settings may change: resumed, at its end
+    fresh = Trainer(config(dolly_dir, tmp_path, max_steps=3, batch_size=16, restart=True))
+    assert fresh.run()["steps"] == 3
+    assert json.load(open(tmp_path / "train_config.json"))["batch_size"] == 16
+    assert [r.split(",")[0] for r in open(tmp_path / "metrics.csv").read().split()[1:]] == [
+        "2",
+        "3",
+    ]
+
+
+def test_resuming_cuts_the_logs_back_to_the_checkpoint(dolly_dir, tmp_path):
+    """Killed after logging steps 3 and 4 but before their checkpoint, a run resumes at 2 and
+    logs 3 and 4 again: each step shows once, in metrics.csv and in TensorBoard."""
+    killed = Trainer(config(dolly_dir, tmp_path, max_steps=4, log_every=1, save_every=2))
+    save = killed.manager.save
+    killed.manager.save = lambda checkpoint_number: (
+        save(checkpoint_number=checkpoint_number) if checkpoint_number <= 2 else None
+    )
+    killed.run()
+    assert csv_steps(tmp_path) == [1, 2, 3, 4] and tensorboard_steps(tmp_path) == [1, 2, 3, 4]
+    Trainer(config(dolly_dir, tmp_path, max_steps=4, log_every=1, save_every=2)).run()
+    assert csv_steps(tmp_path) == [1, 2, 3, 4] and tensorboard_steps(tmp_path) == [1, 2, 3, 4]
+
+
+def test_no_checkpoint_starts_at_step_0_and_drops_the_earlier_logs(dolly_dir, tmp_path, caplog):
+    """Killed before its first checkpoint, a run restarted from 0 kept the killed attempt's rows
+    (37, 74, 37, 74, 111)."""
+    killed = Trainer(config(dolly_dir, tmp_path, max_steps=4, log_every=1, save_every=100))
+    killed.manager.save = lambda checkpoint_number: None  # killed before any checkpoint
+    killed.run()
+    with caplog.at_level("WARNING"):
+        Trainer(config(dolly_dir, tmp_path, max_steps=3, log_every=1)).run()
+    assert "no checkpoint: starting from step 0" in caplog.text
+    assert csv_steps(tmp_path) == [1, 2, 3] and tensorboard_steps(tmp_path) == [1, 2, 3]
+
+
+def csv_steps(folder) -> list[int]:
+    import csv
+
+    with open(folder / "metrics.csv", encoding="utf-8") as f:
+        return [int(r["step"]) for r in csv.DictReader(f)]
+
+
 # ---- separate processes: tf.distribute and SIGKILL -----------------------------------------
 def worker(cfg: TrainConfig, folder, cpus=1, env=None):
     cfg_path, npz = os.path.join(folder, "cfg.json"), os.path.join(folder, "weights.npz")

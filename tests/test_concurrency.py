@@ -1,0 +1,176 @@
+"""Nothing mixed, nothing lost: one prep or run per output folder at a time, and a prep that is
+killed or fails leaves the data that was there."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gpt2_tf.locking import FolderInUse, FolderLock, lock_path
+from tests.conftest import shared
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _files(folder) -> dict[str, bytes]:
+    return {n: open(os.path.join(folder, n), "rb").read() for n in sorted(os.listdir(folder))}
+
+
+@pytest.fixture(scope="module")
+def big_emotion(tmp_path_factory):
+    """The emotion set with its training split repeated 8 times (128,000 rows): a prep of it
+    takes seconds, long enough to be caught mid-way."""
+    folder = tmp_path_factory.mktemp("big_emotion")
+    for name in ("val.txt", "test.txt"):
+        shutil.copy(shared("emotion", name), folder / name)
+    with open(shared("emotion", "train.txt"), encoding="utf-8") as f:
+        header, *rows = f.read().splitlines()
+    (folder / "train.txt").write_text("\n".join([header, *rows * 8]) + "\n", encoding="utf-8")
+    return str(folder)
+
+
+def prep(input_dir, out, *extra) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.classification_tuning.prep_dataset",
+        f"--input={input_dir}",
+        f"--output_dir={out}",
+        "--seq_len=64",
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wait_for(condition, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, "the process ended before the moment the test waits for"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def locked(folder):
+    path = lock_path(folder)
+    return lambda: os.path.exists(path) and os.path.getsize(path) > 0
+
+
+def test_a_second_prep_into_a_busy_folder_is_refused_and_the_first_completes(big_emotion, tmp_path):
+    out = tmp_path / "emotion"
+    first = prep(big_emotion, out, "--seed=1")
+    wait_for(locked(out), first)
+    second = prep(shared("emotion"), out, "--overwrite")
+    _, err = second.communicate(timeout=120)
+    assert second.returncode != 0
+    assert f"{out} is in use by prep classification_tuning: pid {first.pid}" in err
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    meta = json.load(open(out / "metadata.json"))
+    assert meta["seed"] == 1 and meta["splits"]["train"]["examples"] == 16_000 * 8
+
+
+def test_a_killed_prep_leaves_the_old_data_intact(big_emotion, tmp_path):
+    out = tmp_path / "emotion"
+    done = prep(shared("emotion"), out)
+    assert done.wait(timeout=120) == 0
+    before = _files(out)
+    killed = prep(big_emotion, out, "--overwrite")
+    staging = tmp_path / f".emotion.prep-{killed.pid}"
+    shard = staging / "train-00000-of-00001.tfrecord"
+    wait_for(lambda: shard.exists() and shard.stat().st_size > 1_000_000, killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert _files(out) == before  # nothing of the killed prep under the final names
+    again = prep(big_emotion, out, "--overwrite")  # and the next prep clears what it left
+    assert again.wait(timeout=300) == 0
+    assert not staging.exists() and _files(out) != before
+
+
+def test_a_failed_prep_leaves_the_old_data_intact(tmp_path, tokenizer):
+    from gpt2_tf.prep import PrepOptions, prepare
+    from gpt2_tf.readers import RowError
+    from gpt2_tf.tasks import get_task
+
+    out, bad = tmp_path / "emotion", tmp_path / "bad"
+    task = get_task("classification_tuning")
+    prepare(task, tokenizer, PrepOptions(str(out), 64, task={"input": shared("emotion")}))
+    before = _files(out)
+    shutil.copytree(shared("emotion"), bad)
+    with open(bad / "train.txt", "a", encoding="utf-8") as f:
+        f.write("a row with an unknown label;elation\n")  # fails at the end of the prep
+    with pytest.raises(RowError, match="elation"):
+        prepare(
+            task, tokenizer, PrepOptions(str(out), 64, overwrite=True, task={"input": str(bad)})
+        )
+    assert _files(out) == before
+    assert sorted(os.listdir(tmp_path)) == [".emotion.lock", "bad", "emotion"]
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
+    folder = str(tmp_path / "run")
+    code = (
+        "import sys, time; from gpt2_tf.locking import FolderLock; "
+        f"FolderLock({folder!r}, 'training').acquire(); print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(FolderInUse, match=f"in use by training: pid {holder.pid} on "):
+        FolderLock(folder, "training").acquire()
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    lock = FolderLock(folder, "training").acquire()  # free again: the kernel dropped it
+    assert lock.took_over["pid"] == holder.pid
+    lock.release()
+    assert FolderLock(folder, "training").acquire().took_over is None  # released cleanly
+
+
+def train(data_dir, out, *extra) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.instruction_tuning.train",
+        f"--data_dir={data_dir}",
+        f"--output_dir={out}",
+        "--num_samples=0",
+        "--eval_batches=1",
+        "--log_every=5",
+        "--precision=float32",
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def csv_steps(folder) -> list[int]:
+    import csv
+
+    with open(os.path.join(folder, "metrics.csv"), encoding="utf-8") as f:
+        return [int(r["step"]) for r in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+def test_a_second_training_into_a_busy_folder_is_refused_and_the_first_completes(
+    dolly_dir, tmp_path
+):
+    out = tmp_path / "run"
+    first = train(dolly_dir, out, "--max_steps=60", "--learning_rate=0.001")
+    wait_for(locked(out), first)
+    second = train(dolly_dir, out, "--max_steps=60", "--learning_rate=0.5")
+    _, err = second.communicate(timeout=120)
+    assert second.returncode != 0 and f"is in use by training: pid {first.pid}" in err
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    assert csv_steps(out) == list(range(5, 61, 5))  # the first run's rows, once each
+    flags = (out / "flags.txt").read_text().splitlines()
+    assert "--learning_rate=0.001" in flags and "--learning_rate=0.5" not in flags
+    assert json.load(open(out / "result.json"))["steps"] == 60
