@@ -141,6 +141,7 @@ def run_train() -> dict:
     cfg = TrainConfig(**{n: getattr(FLAGS, n) for n in names})
     with FolderLock(cfg.output_dir, "training"):  # held before flags.txt is written
         trainer = Trainer(cfg)  # refuses to resume a run started with other settings
+        FLAGS.restart = False  # done: a rerun from flags.txt resumes this run
         with open(os.path.join(cfg.output_dir, "flags.txt"), "w", encoding="utf-8") as f:
             f.write(FLAGS.flags_into_string())  # this command's flags: --flagfile= reruns it
         return trainer.run()
