@@ -143,12 +143,35 @@ def _assign_splits(spec: TaskSpec, opts: PrepOptions, groups: list) -> dict:
 
 
 def _first_pass(spec: TaskSpec, opts: PrepOptions) -> tuple[int, dict]:
-    count, groups = 0, {}
+    count, groups, files = 0, {}, collections.Counter()
     for index, item in enumerate(spec.read(opts.task)):
         count += 1
+        files[getattr(item, "file", None)] += 1
         if not isinstance(item, RowError | Drop) and item.split is None:
             groups.setdefault(item.group if item.group is not None else index, None)
+    _check_no_empty_files(spec, opts, files, count)
     return count, _assign_splits(spec, opts, list(groups))
+
+
+def _check_no_empty_files(spec: TaskSpec, opts: PrepOptions, files, count: int) -> None:
+    """An input file with no rows (empty, or a header alone) is an error naming it: it would
+    leave a split empty, found only when training starts."""
+    paths = spec.source(opts.task).get("paths", [])
+    empty = [p for p in paths if not files[p]] if len(paths) > 1 else paths * (count == 0)
+    if empty:
+        raise ValueError(f"{empty[0]}: no rows (the file is empty or holds only its header)")
+
+
+def _check_training_examples(spec: TaskSpec, stats: _Stats, split_counts: dict) -> None:
+    """Every row dropped (too long for --seq_len, all bad under --on_error=skip): an error
+    now, with the reasons, rather than a prep that training cannot use."""
+    if any(s == "train" or s.startswith("train-stage") for s in split_counts):
+        return
+    reasons = ", ".join(f"{k} {v}" for k, v in stats.dropped.most_common()) or "none"
+    raise ValueError(
+        f"{spec.name}: no training examples: {stats.read} rows read, {stats.written} written, "
+        f"dropped by reason: {reasons}"
+    )
 
 
 class _Stats:
@@ -266,6 +289,13 @@ def prepare(spec: TaskSpec, tokenizer, opts: PrepOptions) -> dict:
         raise ValueError(f"on_error must be 'raise' or 'skip', got {opts.on_error!r}")
     if not 0 < opts.subsample <= 1:
         raise ValueError(f"subsample must be in (0, 1], got {opts.subsample}")
+    least = spec.min_seq_len(tokenizer)
+    if opts.seq_len < least:
+        raise ValueError(
+            f"--seq_len {opts.seq_len} is too small for {spec.name}: its template with one "
+            f"token of each field and <|endoftext|> takes {least} tokens; use at least {least} "
+            f"(the task's default is {spec.seq_len})"
+        )
     opts = dataclasses.replace(opts, task=spec.resolve(dict(opts.task)))  # may fail offline
     # Locked, and written beside the folder until complete: a second prep into the same folder
     # fails at once, and a failed or killed prep leaves the previous data as it was.
@@ -278,6 +308,7 @@ def prepare(spec: TaskSpec, tokenizer, opts: PrepOptions) -> dict:
             total, assignment = _first_pass(spec, opts)
             with ShardedWriter(staging, opts.num_shards) as writer:
                 stats = _second_pass(spec, opts, tokenizer, assignment, total, writer)
+            _check_training_examples(spec, stats, writer.counts)
             meta = _metadata(spec, opts, tokenizer, stats, writer.counts)
             with open(os.path.join(staging, METADATA), "w", encoding="utf-8") as f:
                 json.dump(meta, f, indent=2, ensure_ascii=False)

@@ -64,6 +64,9 @@ class TaskSpec:
     # an inference input (fields such as {"text": ...}) -> the ids the model sees, as in prep:
     # LM tasks the prompt, classifiers the whole input with its <|endoftext|>
     prompt: Callable[[dict, EncodeContext], list[int]] | None = None
+    # tokenizer -> the shortest seq_len that holds the template with one token of each field
+    # and <|endoftext|>; prep refuses a smaller --seq_len
+    min_seq_len: Callable[[object], int] = lambda tokenizer: 2
 
     def __post_init__(self):
         if self.kind not in (LM, CLASSIFIER):

@@ -144,6 +144,13 @@ def source(options: dict) -> dict:
     return {"paths": [options["input_jsonl"]]}
 
 
+def min_seq_len(tok) -> int:
+    """Either direction's frame with a one-token word and definition, and <|endoftext|>."""
+    forward = tok.encode(WORD_PROMPT.format(word="a") + DEFINITION_TARGET.format(definition="a"))
+    reverse = tok.encode(DEFINITION_PROMPT.format(definition="a") + WORD_TARGET.format(word="a"))
+    return max(len(forward), len(reverse)) + 1
+
+
 TASK = TaskSpec(
     name="dictionary_tuning",
     kind="lm",
@@ -158,6 +165,7 @@ TASK = TaskSpec(
         f"{WORD_TARGET}<|endoftext|>"
     ),
     seq_len=128,
+    min_seq_len=min_seq_len,
     notes=(
         "loss on the generated side only (the definition, or the word) and its <|endoftext|>",
         "split by word, case folded: all senses of a word are in one split",

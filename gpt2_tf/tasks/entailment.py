@@ -112,6 +112,11 @@ def source(options: dict) -> dict:
     return {"paths": [os.path.join(options["input_dir"], name) for name, _ in FILES]}
 
 
+def min_seq_len(tok) -> int:
+    """A premise token, the separator, a hypothesis token, <|endoftext|>."""
+    return len(tok.encode(render("a", "a"))) + 1
+
+
 TASK = TaskSpec(
     name="entailment_tuning",
     kind="classifier",
@@ -124,6 +129,7 @@ TASK = TaskSpec(
     label_names=LABELS,
     fractions=(("train", 0.9), ("validation", 0.1)),
     seq_len=256,
+    min_seq_len=min_seq_len,
     notes=(
         "GLUE's RTE test split has no labels: train.tsv is split 90/10 (seeded) into "
         "train/validation, and dev.tsv (GLUE's validation) is the test split",

@@ -85,6 +85,11 @@ def source(options: dict) -> dict:
     return {"paths": [path], "bundled_sample": path == BUNDLED}
 
 
+def min_seq_len(tok) -> int:
+    """The prompt's frame, one instruction token, one response token, <|endoftext|>."""
+    return len(tok.encode(render_prompt("a"))) + 2
+
+
 TASK = TaskSpec(
     name="instruction_tuning",
     kind="lm",
@@ -95,5 +100,6 @@ TASK = TaskSpec(
     prompt=prompt,
     template=WITH_CONTEXT + "{response}<|endoftext|>   (### Context section only when non-empty)",
     seq_len=512,
+    min_seq_len=min_seq_len,
     notes=("loss on the response and its <|endoftext|> only (prompt_length marks the prompt)",),
 )

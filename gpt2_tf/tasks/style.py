@@ -237,7 +237,7 @@ def _json_turns(path: str):
     with open(path, "rb") as f:
         raw = f.read()
     try:
-        data = _decode_with_lines(raw.decode("utf-8"))
+        data = _decode_with_lines(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as e:
         detail = f"not UTF-8 ({e.reason} at byte {e.start})"
         yield RowError(path, raw.count(b"\n", 0, e.start) + 1, None, "not_utf8", detail)
@@ -280,17 +280,21 @@ def detect_format(path: str) -> str:
     lines = [x.lstrip(_INVISIBLE) for x in head if x.strip()][:50]
     if not lines:
         raise ValueError(f"{path}: the chat file is empty")
-    if _STAMP.match(lines[0]):
-        return "timestamped"
-    if lines[0].lstrip().startswith(("[", "{")):
+    if lines[0].lstrip().startswith(("[", "{")) and not _STAMP.match(lines[0]):
         return "json"
-    if all(x.count("\t") == 1 for x in lines):
-        return "tsv"
-    if _PLAIN.match(lines[0]):
-        return "plain"
+    # The format most of the first lines have: one bad line (skipped under --on_error=skip)
+    # does not decide it.
+    share = {
+        "timestamped": sum(bool(_STAMP.match(x)) for x in lines) / len(lines),
+        "tsv": sum(x.count("\t") == 1 for x in lines) / len(lines),
+        "plain": sum(bool(_PLAIN.match(x)) for x in lines) / len(lines),
+    }
+    best = max(share, key=share.get)  # in this order on a tie: a stamp also reads as "Name:"
+    if share[best] >= 0.5:
+        return best
     raise ValueError(
-        f"{path}: cannot tell the chat format from its first line {lines[0][:60]!r};"
-        f" pass --chat_format (one of {', '.join(FORMATS)})"
+        f"{path}: cannot tell the chat format from its first {len(lines)} lines (e.g. "
+        f"{lines[0][:60]!r}); pass --chat_format (one of {', '.join(FORMATS)})"
     )
 
 
@@ -410,6 +414,12 @@ def source(options: dict) -> dict:
     return {"paths": [options["chat_file"]]}
 
 
+def min_seq_len(tok) -> int:
+    """One one-token turn, the reply's frame, a one-token reply, <|endoftext|>."""
+    turn = TURN.format(speaker="A", text="a") + PROMPT_END.format(target="B")
+    return len(tok.encode(turn + TARGET.format(reply="a"))) + 1
+
+
 TASK = TaskSpec(
     name="style_tuning",
     kind="lm",
@@ -421,6 +431,7 @@ TASK = TaskSpec(
     template=f"{TURN}\n{TURN}\n…{PROMPT_END}{TARGET}<|endoftext|>   (the last --context_turns "
     "turns, oldest first, then the --target_speaker)",
     seq_len=256,
+    min_seq_len=min_seq_len,
     notes=(
         "loss on the target speaker's reply and its <|endoftext|> only",
         "a conversation stays in one split; a target turn that opens its conversation is dropped "
