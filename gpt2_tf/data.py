@@ -41,7 +41,10 @@ def serialize(input_ids, length, source_index, prompt_length=None, label=None) -
         features["label"] = _int64([label])
     else:
         features["prompt_length"] = _int64([prompt_length or 0])
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    example = tf.train.Example(features=tf.train.Features(feature=features))
+    # Features are a protobuf map: without `deterministic`, their order follows the process's
+    # hash seed, and two preps of the same inputs differ byte for byte.
+    return example.SerializeToString(deterministic=True)
 
 
 class ShardedWriter:

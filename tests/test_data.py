@@ -61,3 +61,26 @@ def test_a_resumed_epoch_reads_the_rest_of_the_same_permutation(ordered_split, t
     assert len(whole) == N and len(set(whole.tolist())) == N
     np.testing.assert_array_equal(ids(0, 12), whole[12_000:])
     assert np.mean(ids(1, 0) == whole) < 0.01  # the next epoch: another permutation
+
+
+def test_records_are_the_same_bytes_in_any_process():
+    """A record's features are a protobuf map, whose order followed Python's hash seed, so
+    "same inputs and seed give identical files" held within a process only."""
+    import subprocess
+    import sys
+
+    code = (
+        "from gpt2_tf.data import serialize; "
+        "print(serialize([464, 2068, 7586], 3, 5, 1).hex(), serialize([1, 2], 2, 0, label=3).hex())"
+    )
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in range(4)
+    }
+    assert len(outs) == 1
