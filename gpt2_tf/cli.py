@@ -14,6 +14,7 @@ from dataclasses import MISSING
 from absl import flags
 
 FLAGS = flags.FLAGS
+_TRAIN_TASK = None  # the task of the train.py that defined the training flags
 
 
 def define_prep_flags(task: str, seq_len: int) -> None:
@@ -68,6 +69,8 @@ def define_train_flags(task: str, **defaults) -> None:
     from gpt2_tf.optim import SCHEDULES
     from gpt2_tf.training import PRECISIONS, TrainConfig
 
+    global _TRAIN_TASK
+    _TRAIN_TASK = task  # run_train checks that --data_dir holds this task's data
     d = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not MISSING}
     d.update(defaults)
     flags.DEFINE_string("data_dir", os.path.join("tfrecords", task), "Prepared TFRecords.")
@@ -137,8 +140,8 @@ def run_train() -> dict:
 
     # flags.txt records what runs: `--precision=auto` as the precision it chose.
     FLAGS.precision, _ = resolve_precision(FLAGS.precision, FLAGS.strategy)
-    names = [f.name for f in dataclasses.fields(TrainConfig)]
-    cfg = TrainConfig(**{n: getattr(FLAGS, n) for n in names})
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "task"]
+    cfg = TrainConfig(**{n: getattr(FLAGS, n) for n in names}, task=_TRAIN_TASK)
     with FolderLock(cfg.output_dir, "training"):  # held before flags.txt is written
         trainer = Trainer(cfg)  # refuses to resume a run started with other settings
         FLAGS.restart = False  # done: a rerun from flags.txt resumes this run

@@ -199,6 +199,31 @@ def load_tfrecords(
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
+def damaged_record_file(folder: str) -> tuple[str, str] | None:
+    """(file, TensorFlow's words) of the first TFRecord file in `folder` that cannot be read
+    to its end (cut short, or a record whose checksum fails), or None. Run after a
+    `DataLossError`, which names no file."""
+    for path in sorted(glob.glob(os.path.join(folder, "*.tfrecord"))):
+        try:
+            for _ in tf.data.TFRecordDataset(path):
+                pass
+        except tf.errors.DataLossError as e:
+            return path, e.message.strip().splitlines()[0]
+    return None
+
+
+def explain_data_loss(folder: str, error: Exception) -> Exception:
+    """The error to raise for a `DataLossError` while reading `folder`'s records."""
+    found = damaged_record_file(folder)
+    if found is None:
+        return error
+    path, why = found
+    return OSError(
+        f"{path}: the TFRecord file is damaged ({why}); run the task's prep_dataset again "
+        "(with --overwrite) to write it anew"
+    )
+
+
 def split_prompts(folder: str, split: str, n: int) -> list[list[int]]:
     """The prompts (ids before the first target token) of a split's first `n` LM examples;
     for plain text, the first half of each example."""

@@ -78,10 +78,17 @@ def _comparable(name: str, value):
     return json.loads(json.dumps(value))  # tuples as lists, as the JSON file holds them
 
 
-def check_resumable(folder: str, config: dict) -> None:
+def check_resumable(folder: str, config: dict, checkpoint_dir: str) -> None:
     """Refuses to resume the run in `folder` with `config` if a run-defining setting differs
-    from the one it was started with (settings its train_config.json lacks are not compared)."""
+    from the one it was started with (settings its train_config.json lacks are not compared),
+    or if nothing says what it was started with."""
     saved = read_config(folder)
+    if not saved:
+        raise IncompatibleResume(
+            f"{checkpoint_dir} holds a checkpoint, but {folder} has no {TRAIN_CONFIG} saying "
+            "which run it belongs to; pass --restart to start afresh, or choose another "
+            "--output_dir"
+        )
     changed = [
         f"--{k}: {saved[k]!r} when started, {config[k]!r} now"
         for k in RUN_DEFINING

@@ -21,7 +21,14 @@ from absl import logging
 
 from gpt2_tf import losses, run_folder
 from gpt2_tf.config import PRESETS, GPT2Config
-from gpt2_tf.data import CLASSIFIER, load_tfrecords, read_metadata, split_examples, split_prompts
+from gpt2_tf.data import (
+    CLASSIFIER,
+    explain_data_loss,
+    load_tfrecords,
+    read_metadata,
+    split_examples,
+    split_prompts,
+)
 from gpt2_tf.distribute import configure_cpu_threads, get_strategy
 from gpt2_tf.export import TASK_FILE
 from gpt2_tf.hardware import resolve_precision
@@ -66,6 +73,7 @@ class TrainConfig:
     tokenizer: str | None = None  # for the sampled generations in TensorBoard (LM tasks)
     num_samples: int = 3
     restart: bool = False  # clear output_dir's checkpoints and logs and start at step 0
+    task: str | None = None  # the task the data must be (a pipeline's own); None: any
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -116,6 +124,11 @@ def build_model(cfg: TrainConfig, meta: dict, dtype=None):
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.meta = read_metadata(cfg.data_dir)
+        if cfg.task and self.meta["task"] != cfg.task:
+            raise ValueError(
+                f"{cfg.data_dir} holds {self.meta['task']} data, not {cfg.task}: pass the "
+                f"--data_dir of a {cfg.task} prep"
+            )
         self.is_lm = self.meta["kind"] != CLASSIFIER
         configure_cpu_threads(cfg.strategy, cfg.inter_op_threads)
         # `auto` resolved here, so train_config.json records the precision that ran.
@@ -199,7 +212,7 @@ class Trainer:
             if removed:
                 logging.info("--restart: removed %s from %s", ", ".join(removed), folder)
         elif run_folder.checkpoint_step(ckpt_dir) is not None:
-            run_folder.check_resumable(folder, dataclasses.asdict(self.cfg))
+            run_folder.check_resumable(folder, dataclasses.asdict(self.cfg), ckpt_dir)
         elif run_folder.has_logs(folder):
             logging.warning(
                 "%s: no checkpoint: starting from step 0 (logs of an earlier attempt removed)",
@@ -400,7 +413,14 @@ class Trainer:
             write_json(os.path.join(folder, TASK_FILE), task)
 
     def _resume(self) -> int:
-        path = self.manager.restore_or_initialize()
+        try:
+            path = self.manager.restore_or_initialize()
+        except (ValueError, tf.errors.OpError) as e:  # "incompatible tensor with shape ..."
+            first = str(e).strip().splitlines()[0][:300]
+            raise ValueError(
+                f"{self.manager.directory}: its checkpoint does not fit this model ({first}); "
+                "it belongs to another run: pass --restart or choose another --output_dir"
+            ) from e
         step = int(self._state("step"))
         if path:
             logging.info("resumed from %s at step %d", path, step)
@@ -456,6 +476,8 @@ class Trainer:
     def run(self) -> dict:
         try:
             return self._run()
+        except tf.errors.DataLossError as e:  # a damaged shard: say which, and what to do
+            raise explain_data_loss(self.cfg.data_dir, e) from e
         finally:
             self.close()
 

@@ -115,8 +115,6 @@ def _strip(key: str) -> str:
 
 
 def read_hf(folder: str):
-    from safetensors.numpy import load_file
-
     with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
         raw = json.load(f)
     config = GPT2Config.from_hf_dict(raw, source=os.path.join(folder, "config.json"))
@@ -133,8 +131,22 @@ def read_hf(folder: str):
         )
     state = {}
     for name in files:
-        state.update({_strip(k): v for k, v in load_file(os.path.join(folder, name)).items()})
+        state.update({_strip(k): v for k, v in _load_safetensors(os.path.join(folder, name))})
     return config, state, raw.get("gpt2_tf", {})
+
+
+def _load_safetensors(path: str):
+    """The (name, array) pairs of a safetensors file; a damaged one is an error naming it."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(path).items()
+    except (SafetensorError, OSError, ValueError) as e:
+        raise OSError(
+            f"{path}: cannot read the weights ({e}); the file is damaged or was cut short: "
+            "download or save it again"
+        ) from e
 
 
 def openai_name(hf_name: str) -> str:

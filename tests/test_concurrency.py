@@ -174,3 +174,80 @@ def test_a_second_training_into_a_busy_folder_is_refused_and_the_first_completes
     flags = (out / "flags.txt").read_text().splitlines()
     assert "--learning_rate=0.001" in flags and "--learning_rate=0.5" not in flags
     assert json.load(open(out / "result.json"))["steps"] == 60
+
+
+# ---- damaged or mismatched inputs to training: errors that name the file and the cause ---------
+def test_a_truncated_shard_names_the_file(dolly_dir, tmp_path):
+    from gpt2_tf.training import TrainConfig, Trainer
+
+    data = tmp_path / "data"
+    shutil.copytree(dolly_dir, data)
+    shard = next(p for p in sorted(data.iterdir()) if p.name.startswith("train-"))
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # a copy cut short
+    cfg = TrainConfig(
+        str(data),
+        str(tmp_path / "run"),
+        max_steps=30,
+        strategy="one_device",
+        num_samples=0,
+        precision="float32",
+    )
+    with pytest.raises(OSError, match=f"{shard}: the TFRecord file is damaged .* prep"):
+        Trainer(cfg).run()
+
+
+def test_a_task_trains_only_on_its_own_data(emotion_dir, tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.instruction_tuning.train",
+        f"--data_dir={emotion_dir}",
+        f"--output_dir={tmp_path}",
+        "--max_steps=1",
+    ]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert f"{emotion_dir} holds classification_tuning data, not instruction_tuning" in out.stderr
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_a_truncated_safetensors_file_names_its_path(tmp_path):
+    from gpt2_tf import GPT2LanguageModel
+
+    GPT2LanguageModel("tiny").save_pretrained(str(tmp_path / "m"))
+    path = tmp_path / "m" / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(OSError, match=f"{path}: cannot read the weights .*damaged"):
+        GPT2LanguageModel.from_pretrained(str(tmp_path / "m"))
+
+
+def test_a_folder_reused_by_another_task_or_model_is_refused_by_name(
+    emotion_dir, dolly_dir, tmp_path, tokenizer
+):
+    """`incompatible tensor with shape (128, 64)`, or worse a silent restore of another
+    model's weights: a run folder taken by another task is refused (its data differs), one with
+    no record of its run too, and a checkpoint that does not fit the model names itself."""
+    from gpt2_tf.prep import PrepOptions, prepare
+    from gpt2_tf.tasks import get_task
+    from gpt2_tf.training import TrainConfig, Trainer
+
+    common = dict(
+        max_steps=1, batch_size=4, strategy="one_device", num_samples=0, precision="float32"
+    )
+    Trainer(TrainConfig(emotion_dir, str(tmp_path / "run"), **common)).run()
+    with pytest.raises(ValueError, match="--data_dir: .* when started"):
+        Trainer(TrainConfig(dolly_dir, str(tmp_path / "run"), **common))
+    record = tmp_path / "run" / "train_config.json"
+    saved = record.read_text()
+    os.remove(record)
+    with pytest.raises(ValueError, match="holds a checkpoint, but .* has no train_config.json"):
+        Trainer(TrainConfig(dolly_dir, str(tmp_path / "run"), **common))
+    # The same --data_dir prepared again for another task (6 emotion classes -> 2 RTE labels).
+    record.write_text(saved.replace(emotion_dir, str(tmp_path / "data")))
+    prepare(
+        get_task("entailment_tuning"),
+        tokenizer,
+        PrepOptions(str(tmp_path / "data"), 64, task={"input_dir": shared("glue_rte")}),
+    )
+    with pytest.raises(ValueError, match="checkpoints: its checkpoint does not fit this model"):
+        Trainer(TrainConfig(str(tmp_path / "data"), str(tmp_path / "run"), **common)).run()
