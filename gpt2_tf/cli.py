@@ -17,6 +17,33 @@ FLAGS = flags.FLAGS
 _TRAIN_TASK = None  # the task of the train.py that defined the training flags
 
 
+# What a user can cause and fix (bad input, a busy folder, a missing file, no network): said
+# in one message, not a traceback. Anything else keeps its traceback.
+USER_ERRORS = (ValueError, TypeError, KeyError, OSError, RuntimeError, FloatingPointError)
+
+
+def run(main) -> None:
+    """`absl.app.run(main)` for a pipeline script: a user error prints its message alone on
+    stderr and exits with status 1; `--traceback` shows the traceback as well."""
+    import sys
+
+    from absl import app
+
+    flags.DEFINE_boolean("traceback", False, "On an error, show Python's traceback too.")
+
+    def reporting(argv):
+        try:
+            return main(argv)
+        except USER_ERRORS as e:
+            if FLAGS.traceback:
+                raise
+            message = e.args[0] if isinstance(e, KeyError) and e.args else e
+            print(f"error: {message}\n(--traceback shows where it was raised)", file=sys.stderr)
+            sys.exit(1)
+
+    app.run(reporting)
+
+
 def define_prep_flags(task: str, seq_len: int) -> None:
     flags.DEFINE_string(
         "tokenizer",
@@ -186,7 +213,9 @@ def run_test() -> list[dict]:
     results = predict(
         model, tokenizer, task, inputs, **(generation if task["kind"] != "classifier" else {})
     )
-    lines = [json.dumps({"input": i, **r}, ensure_ascii=False) for i, r in zip(inputs, results)]
+    lines = [
+        json.dumps({"input": i.fields, **r}, ensure_ascii=False) for i, r in zip(inputs, results)
+    ]
     print("\n".join(lines))
     if FLAGS.output_file:
         with open(FLAGS.output_file, "w", encoding="utf-8") as f:

@@ -7,6 +7,7 @@ the task's own `prompt`, exactly as in prep.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from gpt2_tf.export import TASK_FILE
 from gpt2_tf.generation import generate
+from gpt2_tf.readers import RowError, iter_jsonl, iter_lines
 from gpt2_tf.tasks import EncodeContext, get_task
 
 
@@ -34,24 +36,64 @@ def load_trained(model_dir: str):
     return cls.from_pretrained(model_dir), GPT2Tokenizer.from_pretrained(model_dir), task
 
 
-def read_inputs(prompts=(), input_file: str | None = None) -> list[dict]:
-    """Command-line prompts and a file: JSONL (one dict of fields a line) or plain text lines."""
-    inputs = [{"text": p} for p in prompts]
+@dataclasses.dataclass
+class Input:
+    """One input's fields (e.g. {"instruction": ...} or {"text": ...}) and where it came from,
+    for an error that names it: "--prompt 2" or "<file>: line 3"."""
+
+    fields: dict
+    where: str
+
+
+def read_inputs(prompts=(), input_file: str | None = None) -> list[Input]:
+    """Command-line prompts and a file: JSONL (one object of fields a line) or plain text lines.
+    A line that is not UTF-8, or not a JSON object, is an error naming the file and line."""
+    inputs = [Input({"text": p}, f"--prompt {i + 1}") for i, p in enumerate(prompts)]
     if input_file:
-        with open(input_file, encoding="utf-8") as f:
-            lines = [line.rstrip("\n") for line in f if line.strip()]
         jsonl = input_file.endswith(".jsonl")
-        inputs += [json.loads(line) if jsonl else {"text": line} for line in lines]
+        items = iter_jsonl(input_file) if jsonl else iter_lines(input_file)
+        for item in items:
+            if isinstance(item, RowError):
+                raise item
+            if jsonl:
+                inputs.append(Input(item.fields, f"{input_file}: line {item.line}"))
+            elif item[1].strip():
+                inputs.append(Input({"text": item[1]}, f"{input_file}: line {item[0]}"))
     if not inputs:
         raise ValueError("no inputs: pass --prompt (repeatable) or --input_file")
     return inputs
 
 
-def predict(model, tokenizer, task: dict, inputs: list[dict], **generation) -> list[dict]:
-    """Generations (LM tasks) or labels with probabilities (classifiers), one dict per input."""
+def _prompt_ids(spec, ctx: EncodeContext, item: Input) -> list[int]:
+    try:
+        return spec.prompt(item.fields, ctx)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(
+            f"{item.where}: {spec.name} cannot read {sorted(item.fields)} ({e!r}); see "
+            "`--help` of the task's test.py for its fields"
+        ) from None
+
+
+def predict(model, tokenizer, task: dict, inputs: list, **generation) -> list[dict]:
+    """Generations (LM tasks) or labels with probabilities (classifiers), one dict per input
+    (an `Input`, or a dict of fields). An LM prompt is fitted, by the task's own rules, into
+    the room the model has beside `max_new_tokens`."""
     spec = get_task(task["task"])
-    ctx = EncodeContext(tokenizer, task["seq_len"], {})
-    ids = [spec.prompt(fields, ctx) for fields in inputs]
+    inputs = [
+        x if isinstance(x, Input) else Input(x, f"input {i + 1}") for i, x in enumerate(inputs)
+    ]
+    seq_len = task["seq_len"]
+    if task["kind"] != "classifier":
+        max_new = generation.get("max_new_tokens", 64)
+        room = model.config.n_positions - max_new
+        if room < 1:
+            raise ValueError(
+                f"max_new_tokens {max_new} leaves no room for a prompt in the model's "
+                f"{model.config.n_positions} positions"
+            )
+        seq_len = min(seq_len, room)
+    ctx = EncodeContext(tokenizer, seq_len, {})
+    ids = [_prompt_ids(spec, ctx, x)[-seq_len:] for x in inputs]  # a prompt keeps its end
     if task["kind"] != "classifier":
         new = generate(model, ids, stop_token_ids=(tokenizer.eos_id,), **generation)
         return [

@@ -13,7 +13,9 @@ import os
 import shutil
 import time
 
-from absl import app, flags
+from absl import flags
+
+from gpt2_tf import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -170,4 +172,4 @@ def _number(value) -> bool:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -9,6 +9,8 @@ import os
 
 from absl import app, flags
 
+from gpt2_tf import cli
+
 flags.DEFINE_string("a", None, "Checkpoint A, the reference (e.g. the base model).", required=True)
 flags.DEFINE_string("b", None, "Checkpoint B (e.g. the fine-tuned model).", required=True)
 flags.DEFINE_string(
@@ -40,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -1,7 +1,5 @@
 """Export a trained classification_tuning model as a SavedModel for serving (make export-...)."""
 
-from absl import app
-
 from gpt2_tf import cli
 
 cli.define_export_flags("classification_tuning")
@@ -13,4 +11,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

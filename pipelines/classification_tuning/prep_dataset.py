@@ -1,6 +1,6 @@
 """Prep text classification data (emotion by default) into padded TFRecords: `make prep-emotion`."""
 
-from absl import app, flags
+from absl import flags
 
 from gpt2_tf import cli
 from gpt2_tf.tasks import classification
@@ -39,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -1,7 +1,5 @@
 """Run a trained classification_tuning model on --prompt / --input_file inputs (make test-...)."""
 
-from absl import app
-
 from gpt2_tf import cli
 
 cli.define_test_flags("classification_tuning")
@@ -13,4 +11,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -1,7 +1,5 @@
 """Train the emotion classifier on prepared TFRecords (every setting is a flag)."""
 
-from absl import app
-
 from gpt2_tf import cli
 
 cli.define_train_flags("classification_tuning", batch_size=32, learning_rate=5e-4)
@@ -13,4 +11,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

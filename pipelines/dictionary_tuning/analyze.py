@@ -7,7 +7,9 @@ Writes metrics.json, examples.csv, word_pca.png and report.md into --output_dir.
 
 import os
 
-from absl import app, flags
+from absl import flags
+
+from gpt2_tf import cli
 
 flags.DEFINE_string(
     "model_dir", os.path.join("runs", "dictionary_tuning", "final"), "A trained model folder."
@@ -61,4 +63,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -1,9 +1,7 @@
 """Evaluate a trained dictionary_tuning run beside its base model (make eval-...): metrics,
 plots and report.md in <run>/eval."""
 
-from absl import app
-
-from gpt2_tf import evaluation
+from gpt2_tf import cli, evaluation
 
 evaluation.define_flags("dictionary_tuning")
 
@@ -14,4 +12,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -1,6 +1,6 @@
 """Prep Wiktionary senses into padded TFRecords (word <-> definition): `make prep-dictionary`."""
 
-from absl import app, flags
+from absl import flags
 
 from gpt2_tf import cli
 
@@ -30,4 +30,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

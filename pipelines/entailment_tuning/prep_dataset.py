@@ -1,6 +1,6 @@
 """Prep GLUE RTE (premise, hypothesis, label) into padded TFRecords: `make prep-rte`."""
 
-from absl import app, flags
+from absl import flags
 
 from gpt2_tf import cli
 
@@ -20,4 +20,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

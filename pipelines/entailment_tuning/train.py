@@ -1,7 +1,5 @@
 """Train on prepared entailment_tuning TFRecords: every setting is a flag (--flagfile works)."""
 
-from absl import app
-
 from gpt2_tf import cli
 
 # LoRA by default, as in the original RTE project.
@@ -16,4 +14,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -1,6 +1,6 @@
 """Prep instruction data (Dolly-15k format) into padded TFRecords: `make prep-dolly`."""
 
-from absl import app, flags
+from absl import flags
 
 from gpt2_tf import cli
 
@@ -24,4 +24,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

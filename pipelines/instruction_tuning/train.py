@@ -1,7 +1,5 @@
 """Train on prepared instruction_tuning TFRecords: every setting is a flag (--flagfile works)."""
 
-from absl import app
-
 from gpt2_tf import cli
 
 # 3 epochs, as instruction-tuning recipes use; the bundled sample is 64 training examples.
@@ -14,4 +12,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -1,6 +1,6 @@
 """Prep a chat log into padded TFRecords that teach one person's texting style: `make prep-chat`."""
 
-from absl import app, flags
+from absl import flags
 
 from gpt2_tf import cli
 
@@ -45,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -13,6 +13,8 @@ import os
 
 from absl import app, flags
 
+from gpt2_tf import cli
+
 flags.DEFINE_string("model_dir", os.path.join("runs", "style_tuning", "final"), "Trained model.")
 flags.DEFINE_string(
     "input_file",
@@ -106,4 +108,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -1,6 +1,6 @@
 """Prep a plain corpus (.txt/.jsonl/.json) into packed TFRecord blocks: `make prep-text`."""
 
-from absl import app, flags
+from absl import flags
 
 from gpt2_tf import cli
 
@@ -36,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -1,9 +1,7 @@
 """Staged fine-tuning on text_tuning data prepared with --num_stages N (make staged-text): train on
 stage 1..N in turn, each from the previous stage's weights, evaluating after each."""
 
-from absl import app
-
-from gpt2_tf import staged
+from gpt2_tf import cli, staged
 
 staged.define_flags()
 
@@ -14,4 +12,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

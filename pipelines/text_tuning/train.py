@@ -1,7 +1,5 @@
 """Train on prepared text_tuning TFRecords: every setting is a flag (--flagfile works)."""
 
-from absl import app
-
 from gpt2_tf import cli
 
 cli.define_train_flags("text_tuning", batch_size=8, learning_rate=5e-4)
@@ -13,4 +11,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)
