@@ -24,11 +24,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from gpt2_tf import losses, metrics, plots
+from gpt2_tf import losses, metrics, plots, run_folder
 from gpt2_tf.compiled import ModelFunction
 from gpt2_tf.data import CLASSIFIER, load_tfrecords, read_metadata, split_prompts
-
-TRAIN_CONFIG = "train_config.json"
 
 
 @dataclasses.dataclass
@@ -168,14 +166,6 @@ def choose_unit(unit: str, reference_texts: list[str]) -> str:
 
 
 # ---- the run and its base model ------------------------------------------------------------------
-def read_train_config(run_dir: str) -> dict:
-    path = os.path.join(run_dir, TRAIN_CONFIG)
-    if not os.path.exists(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def base_model(train_config: dict, meta: dict):
     """The model training started from: a preset's seeded random weights (the same as the run's,
     since training seeds Keras with its `seed` before building) or the pretrained folder/hub id.
@@ -277,10 +267,12 @@ def run(cfg: EvalConfig) -> dict:
     from gpt2_tf.inference import load_trained
 
     run_dir = os.path.dirname(os.path.abspath(cfg.model_dir))
-    train_config = read_train_config(run_dir)
+    train_config = run_folder.read_config(run_dir)
     data_dir = cfg.data_dir or train_config.get("data_dir")
     if not data_dir:
-        raise ValueError(f"{run_dir}: no {TRAIN_CONFIG} naming the data; pass --data_dir")
+        raise ValueError(
+            f"{run_dir}: no {run_folder.TRAIN_CONFIG} naming the data; pass --data_dir"
+        )
     out_dir = cfg.output_dir or os.path.join(run_dir, "eval")
     os.makedirs(out_dir, exist_ok=True)
     model, tokenizer, task = load_trained(cfg.model_dir)

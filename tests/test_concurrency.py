@@ -34,19 +34,16 @@ def big_emotion(tmp_path_factory):
     return str(folder)
 
 
-def prep(input_dir, out, *extra) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipelines.classification_tuning.prep_dataset",
-        f"--input={input_dir}",
-        f"--output_dir={out}",
-        "--seq_len=64",
-        *extra,
-    ]
+def start(module: str, *args) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", module, *args]
     return subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+
+
+def prep(input_dir, out, *extra) -> subprocess.Popen:
+    module = "pipelines.classification_tuning.prep_dataset"
+    return start(module, f"--input={input_dir}", f"--output_dir={out}", "--seq_len=64", *extra)
 
 
 def wait_for(condition, proc, timeout=120):
@@ -134,21 +131,9 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
 
 
 def train(data_dir, out, *extra) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipelines.instruction_tuning.train",
-        f"--data_dir={data_dir}",
-        f"--output_dir={out}",
-        "--num_samples=0",
-        "--eval_batches=1",
-        "--log_every=5",
-        "--precision=float32",
-        *extra,
-    ]
-    return subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    settings = ["--num_samples=0", "--eval_batches=1", "--log_every=5", "--precision=float32"]
+    module = "pipelines.instruction_tuning.train"
+    return start(module, f"--data_dir={data_dir}", f"--output_dir={out}", *settings, *extra)
 
 
 def csv_steps(folder) -> list[int]:
