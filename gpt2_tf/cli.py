@@ -162,19 +162,16 @@ def define_train_flags(task: str, **defaults) -> None:
 
 def run_train() -> dict:
     from gpt2_tf.hardware import resolve_precision
-    from gpt2_tf.locking import FolderLock
     from gpt2_tf.training import TrainConfig, Trainer
 
     # flags.txt records what runs: `--precision=auto` as the precision it chose.
     FLAGS.precision, _ = resolve_precision(FLAGS.precision, FLAGS.strategy)
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "task"]
     cfg = TrainConfig(**{n: getattr(FLAGS, n) for n in names}, task=_TRAIN_TASK)
-    with FolderLock(cfg.output_dir, "training"):  # held before flags.txt is written
-        trainer = Trainer(cfg)  # refuses to resume a run started with other settings
-        FLAGS.restart = False  # done: a rerun from flags.txt resumes this run
-        with open(os.path.join(cfg.output_dir, "flags.txt"), "w", encoding="utf-8") as f:
-            f.write(FLAGS.flags_into_string())  # this command's flags: --flagfile= reruns it
-        return trainer.run()
+    FLAGS.restart = False  # in flags.txt: a rerun from it resumes this run
+    # The trainer takes the folder (the chief alone, under multi-worker training), refuses to
+    # resume a run started with other settings, then writes flags.txt.
+    return Trainer(cfg, flags_text=FLAGS.flags_into_string()).run()
 
 
 def define_test_flags(task: str) -> None:

@@ -1,11 +1,12 @@
 """An exclusive lock on an output folder, so two preps or two runs never write into one.
 
-The lock is `fcntl.flock` on a file beside the folder (`<parent>/.<name>.lock`: beside it, since a
-prep replaces the folder whole). The kernel drops the lock when its process ends, however it
-ends, so a lock left by a killed process is free again; its holder's record (pid, host, start,
-command) stays in the file, and the next taker says that it took it over. A second taker while
-the holder lives fails at once, naming the holder. Locks are reentrant within a process: the
-pipeline's flag handling and the trainer it calls share one.
+The lock is `fcntl.flock` on a file beside the folder (`<parent>/.<name>.lock`: beside it, since
+a prep replaces the folder whole) or, for a training run's folder, inside it. The kernel drops
+the lock when its process ends, however it ends, so a lock left by a killed process is free
+again; its holder's record (pid, host, start, command) stays in the file, and the next taker says
+that it took it over. A second taker while the holder lives fails at once, naming the holder.
+Locks are reentrant within a process: the pipeline's flag handling and the trainer it calls
+share one.
 """
 
 from __future__ import annotations
@@ -32,18 +33,24 @@ class FolderInUse(RuntimeError):
     """Another live process holds the folder's lock."""
 
 
-def lock_path(folder: str) -> str:
-    folder = os.path.abspath(folder)
-    parent, name = os.path.split(folder.rstrip(os.sep))
+def lock_path(folder: str, inside: bool = False) -> str:
+    """`<parent>/.<name>.lock`, or `<folder>/.lock` for a folder that is never replaced whole
+    (a training run's: its parent may not be writable, e.g. a container's /output). Links are
+    resolved, so a link and its target share one lock."""
+    folder = os.path.realpath(folder)
+    if inside:
+        return os.path.join(folder, ".lock")
+    parent, name = os.path.split(folder)
     return os.path.join(parent, f".{name}.lock")
 
 
 class FolderLock:
     """`with FolderLock(folder, "training"):` holds the lock for the block (or `acquire()` and
-    `release()`); `what` is said to a second taker."""
+    `release()`); `what` is said to a second taker; `inside` places the lock file in the
+    folder (see `lock_path`)."""
 
-    def __init__(self, folder: str, what: str):
-        self.folder, self.what, self.path = folder, what, lock_path(folder)
+    def __init__(self, folder: str, what: str, inside: bool = False):
+        self.folder, self.what, self.path = folder, what, lock_path(folder, inside)
         self.took_over: dict | None = None  # the record of a dead holder, when one was found
 
     def acquire(self) -> FolderLock:

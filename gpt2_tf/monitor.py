@@ -46,12 +46,18 @@ class Monitor:
             return
         self.truncate_csv(step)
         for path in glob.glob(os.path.join(self.tensorboard, "*", "events.*")):
-            records = [r.numpy() for r in tf.data.TFRecordDataset(path)]
+            records, cut_short = [], False
+            try:
+                for record in tf.data.TFRecordDataset(path):
+                    records.append(record.numpy())
+            except tf.errors.DataLossError:  # killed mid-write: keep the whole records
+                cut_short = True
             keep = [r for r in records if tf.compat.v1.Event.FromString(r).step <= step]
-            if len(keep) < len(records):
-                with tf.io.TFRecordWriter(path) as f:
+            if len(keep) < len(records) or cut_short:
+                with tf.io.TFRecordWriter(path + ".tmp") as f:
                     for record in keep:
                         f.write(record)
+                os.replace(path + ".tmp", path)  # whole, or not at all
 
     def flags(self, config: dict) -> None:
         if not self.enabled:

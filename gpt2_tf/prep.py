@@ -80,9 +80,21 @@ def _check_target(folder: str, overwrite: bool) -> None:
         )
 
 
-def _beside(folder: str, kind: str, pid: int | str = "*") -> str:
-    """A hidden sibling of `folder`: `.<name>.<kind>-<pid>` (the staging folder, the old data)."""
-    parent, name = os.path.split(os.path.abspath(folder).rstrip(os.sep))
+def _swappable(folder: str) -> bool:
+    """Whether the prep can be written beside `folder` and swapped in: its parent is writable
+    and it is no mount point. Else it is written inside and moved in file by file."""
+    real = os.path.realpath(folder)
+    parent = os.path.dirname(real)
+    return os.access(parent, os.W_OK) and not os.path.ismount(real)
+
+
+def _staging(folder: str, kind: str, pid: int | str = "*") -> str:
+    """Where a prep of `folder` is written (`kind` "prep") or old data waits (`kind` "old"):
+    a hidden sibling `.<name>.<kind>-<pid>`, or `<folder>/.<kind>-<pid>` when not swappable."""
+    real = os.path.realpath(folder)
+    if not _swappable(folder):
+        return os.path.join(real, f".{kind}-{pid}")
+    parent, name = os.path.split(real)
     return os.path.join(parent, f".{name}.{kind}-{pid}")
 
 
@@ -90,14 +102,19 @@ def _recover(folder: str) -> None:
     """Clears what an earlier prep of `folder` left when it was killed (the lock is held, so no
     prep of it runs now): its staging folder goes; old data set aside by a swap that did not
     finish goes back in place, or is removed if the new data made it."""
-    for staging in glob.glob(_beside(folder, "prep")):
+    for staging in _leftovers(folder, "prep"):
         shutil.rmtree(staging, ignore_errors=True)
-    for old in glob.glob(_beside(folder, "old")):
+    for old in _leftovers(folder, "old"):
         if os.path.isdir(folder):
             _move_others(old, folder)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(old, folder)
+
+
+def _leftovers(folder: str, kind: str) -> list[str]:
+    head, tail = os.path.split(_staging(folder, kind, "PID"))
+    return glob.glob(os.path.join(glob.escape(head), glob.escape(tail).replace("PID", "*")))
 
 
 def _move_others(source: str, target: str) -> None:
@@ -108,18 +125,29 @@ def _move_others(source: str, target: str) -> None:
 
 
 def _commit(staging: str, folder: str) -> None:
-    """Puts the finished prep in `staging` (metadata written last) in place of `folder`. Two
-    renames on one file system: at any moment `folder` holds the old prep, the new one, or
-    (killed between the two) nothing, and `_recover` puts the old one back."""
-    if os.path.isdir(folder):
-        old = _beside(folder, "old", os.getpid())
-        os.rename(folder, old)
-        os.rename(staging, folder)
-        _move_others(old, folder)
+    """Puts the finished prep in `staging` (metadata written last) in place of `folder`.
+
+    Swapped: two renames on one file system, so at any moment `folder` holds the old prep, the
+    new one, or (killed between the two) nothing, and `_recover` puts the old one back. In
+    place (a mount point, a read-only parent): the old metadata goes first, so the folder holds
+    no prep until the new metadata arrives last."""
+    real = os.path.realpath(folder)
+    if not os.path.isdir(real):
+        os.makedirs(os.path.dirname(real), exist_ok=True)
+        os.rename(staging, real)
+    elif _swappable(folder):
+        old = _staging(folder, "old", os.getpid())
+        os.rename(real, old)
+        os.rename(staging, real)
+        _move_others(old, real)
         shutil.rmtree(old)
     else:
-        os.makedirs(os.path.dirname(os.path.abspath(folder)), exist_ok=True)
-        os.rename(staging, folder)
+        for name in [METADATA, *sorted(os.listdir(real))]:
+            if _is_prep_file(name) and os.path.exists(os.path.join(real, name)):
+                os.remove(os.path.join(real, name))
+        for name in [*sorted(n for n in os.listdir(staging) if n != METADATA), METADATA]:
+            os.rename(os.path.join(staging, name), os.path.join(real, name))
+        os.rmdir(staging)
 
 
 def _assign_splits(spec: TaskSpec, opts: PrepOptions, groups: list) -> dict:
@@ -299,10 +327,13 @@ def prepare(spec: TaskSpec, tokenizer, opts: PrepOptions) -> dict:
     opts = dataclasses.replace(opts, task=spec.resolve(dict(opts.task)))  # may fail offline
     # Locked, and written beside the folder until complete: a second prep into the same folder
     # fails at once, and a failed or killed prep leaves the previous data as it was.
-    with FolderLock(opts.output_dir, f"prep {spec.name}"):
+    inside = not _swappable(opts.output_dir)
+    if inside:
+        os.makedirs(opts.output_dir, exist_ok=True)
+    with FolderLock(opts.output_dir, f"prep {spec.name}", inside=inside):
         _recover(opts.output_dir)
         _check_target(opts.output_dir, opts.overwrite)
-        staging = _beside(opts.output_dir, "prep", os.getpid())
+        staging = _staging(opts.output_dir, "prep", os.getpid())
         os.makedirs(staging)
         try:
             total, assignment = _first_pass(spec, opts)

@@ -103,10 +103,13 @@ def check_resumable(folder: str, config: dict, checkpoint_dir: str) -> None:
         )
 
 
-def clear(folder: str) -> list[str]:
-    """Removes the run's outputs from `folder` (for `--restart`); returns what was removed."""
+LOGS = ("metrics.csv", "tensorboard")  # what a killed attempt with no checkpoint leaves
+
+
+def clear(folder: str, names=RUN_OUTPUTS) -> list[str]:
+    """Removes the run's outputs (or `names` of them) from `folder`; returns what was removed."""
     removed = []
-    for name in RUN_OUTPUTS:
+    for name in names:
         path = os.path.join(folder, name)
         if os.path.isdir(path):
             shutil.rmtree(path)
@@ -119,4 +122,4 @@ def clear(folder: str) -> list[str]:
 
 
 def has_logs(folder: str) -> bool:
-    return any(os.path.exists(os.path.join(folder, n)) for n in ("metrics.csv", "tensorboard"))
+    return any(os.path.exists(os.path.join(folder, n)) for n in LOGS)

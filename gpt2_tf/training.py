@@ -122,7 +122,8 @@ def build_model(cfg: TrainConfig, meta: dict, dtype=None):
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, flags_text: str | None = None):
+        """`flags_text`: the command's flags, written to flags.txt once the folder is taken."""
         self.meta = read_metadata(cfg.data_dir)
         if cfg.task and self.meta["task"] != cfg.task:
             raise ValueError(
@@ -133,7 +134,9 @@ class Trainer:
         configure_cpu_threads(cfg.strategy, cfg.inter_op_threads)
         # `auto` resolved here, so train_config.json records the precision that ran.
         precision, _ = resolve_precision(cfg.precision, cfg.strategy)
-        self.cfg = cfg = dataclasses.replace(cfg, precision=precision)
+        # data_dir absolute: train_config.json then names the data from any directory.
+        data_dir = os.path.abspath(cfg.data_dir)
+        self.cfg = cfg = dataclasses.replace(cfg, precision=precision, data_dir=data_dir)
         keras.utils.set_random_seed(cfg.seed)
         self.strategy = get_strategy(cfg.strategy)
         self.replicas = self.strategy.num_replicas_in_sync
@@ -153,7 +156,7 @@ class Trainer:
         ckpt_dir = os.path.join(cfg.output_dir, "checkpoints")
         self._lock = None
         if self.chief:  # one run per folder: a second fails at once, naming this one
-            self._lock = FolderLock(cfg.output_dir, "training").acquire()
+            self._lock = FolderLock(cfg.output_dir, "training", inside=True).acquire()
         else:  # every worker saves; only the chief's copy is kept
             ckpt_dir = os.path.join(
                 cfg.output_dir, f"tmp-worker-{self.strategy.cluster_resolver.task_id}"
@@ -161,7 +164,11 @@ class Trainer:
         try:
             if self.chief:
                 self._take_folder(ckpt_dir)
-                os.makedirs(cfg.output_dir, exist_ok=True)
+                if flags_text is not None:  # this command's flags: --flagfile= reruns it
+                    with open(os.path.join(cfg.output_dir, "flags.txt"), "w") as f:
+                        f.write(flags_text)
+            elif cfg.restart:  # a worker's own checkpoints
+                shutil.rmtree(ckpt_dir, ignore_errors=True)
             self._build(ckpt_dir)
         except BaseException:
             self.close()
@@ -218,7 +225,7 @@ class Trainer:
                 "%s: no checkpoint: starting from step 0 (logs of an earlier attempt removed)",
                 folder,
             )
-            run_folder.clear(folder)
+            run_folder.clear(folder, run_folder.LOGS)  # results (final/, best/) stay
 
     def close(self) -> None:
         """Releases the output folder (`run` does when it ends)."""
@@ -415,7 +422,7 @@ class Trainer:
     def _resume(self) -> int:
         try:
             path = self.manager.restore_or_initialize()
-        except (ValueError, tf.errors.OpError) as e:  # "incompatible tensor with shape ..."
+        except (ValueError, tf.errors.InvalidArgumentError) as e:  # "incompatible tensor ..."
             first = str(e).strip().splitlines()[0][:300]
             raise ValueError(
                 f"{self.manager.directory}: its checkpoint does not fit this model ({first}); "

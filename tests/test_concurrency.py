@@ -54,8 +54,8 @@ def wait_for(condition, proc, timeout=120):
         time.sleep(0.02)
 
 
-def locked(folder):
-    path = lock_path(folder)
+def locked(folder, inside=False):
+    path = lock_path(folder, inside)
     return lambda: os.path.exists(path) and os.path.getsize(path) > 0
 
 
@@ -149,7 +149,7 @@ def test_a_second_training_into_a_busy_folder_is_refused_and_the_first_completes
 ):
     out = tmp_path / "run"
     first = train(dolly_dir, out, "--max_steps=60", "--learning_rate=0.001")
-    wait_for(locked(out), first)
+    wait_for(locked(out, inside=True), first)  # a run's lock is in its folder
     second = train(dolly_dir, out, "--max_steps=60", "--learning_rate=0.5")
     _, err = second.communicate(timeout=120)
     assert second.returncode != 0 and f"is in use by training: pid {first.pid}" in err
@@ -236,3 +236,31 @@ def test_a_folder_reused_by_another_task_or_model_is_refused_by_name(
     )
     with pytest.raises(ValueError, match="checkpoints: its checkpoint does not fit this model"):
         Trainer(TrainConfig(str(tmp_path / "data"), str(tmp_path / "run"), **common)).run()
+
+
+def test_a_folder_that_cannot_be_swapped_is_replaced_in_place(tmp_path, tokenizer, monkeypatch):
+    """A mount point or a folder in a read-only parent: the prep is written inside it and moved
+    in file by file, metadata last; a failed prep still leaves the old data."""
+    from gpt2_tf import prep as prep_module
+    from gpt2_tf.prep import PrepOptions, prepare
+    from gpt2_tf.readers import RowError
+    from gpt2_tf.tasks import get_task
+
+    monkeypatch.setattr(prep_module, "_swappable", lambda folder: False)
+    out, task = tmp_path / "emotion", get_task("classification_tuning")
+    prepare(task, tokenizer, PrepOptions(str(out), 64, task={"input": shared("emotion")}))
+    first = _files(out)
+    assert ".lock" in first and first[".lock"] == b""  # inside, released
+    bad = tmp_path / "bad"
+    shutil.copytree(shared("emotion"), bad)
+    with open(bad / "train.txt", "a", encoding="utf-8") as f:
+        f.write("a row with an unknown label;elation\n")
+    with pytest.raises(RowError, match="elation"):
+        prepare(
+            task, tokenizer, PrepOptions(str(out), 64, overwrite=True, task={"input": str(bad)})
+        )
+    assert _files(out) == first
+    opts = PrepOptions(str(out), 32, overwrite=True, task={"input": shared("emotion")})
+    prepare(task, tokenizer, opts)
+    assert json.load(open(out / "metadata.json"))["seq_len"] == 32
+    assert sorted(os.listdir(out)) == sorted(first)  # the same files, replaced

@@ -277,6 +277,9 @@ def test_resuming_cuts_the_logs_back_to_the_checkpoint(dolly_dir, tmp_path):
     )
     killed.run()
     assert csv_steps(tmp_path) == [1, 2, 3, 4] and tensorboard_steps(tmp_path) == [1, 2, 3, 4]
+    events = next((tmp_path / "tensorboard" / "train").iterdir())
+    with open(events, "ab") as f:  # and killed mid-write: a record cut short
+        f.write(events.read_bytes()[-40:-10])
     Trainer(config(dolly_dir, tmp_path, max_steps=4, log_every=1, save_every=2)).run()
     assert csv_steps(tmp_path) == [1, 2, 3, 4] and tensorboard_steps(tmp_path) == [1, 2, 3, 4]
 
