@@ -129,11 +129,9 @@ def classifier_predictions(model, dataset) -> tuple[np.ndarray, np.ndarray]:
 
 def generate_texts(model, tokenizer, prompts: list[list[int]], cfg: EvalConfig) -> list[str]:
     """Each prompt's continuation as text (up to <|endoftext|>, which is left out)."""
-    from gpt2_tf.generation import generate
+    from gpt2_tf.generation import generate, prompt_room
 
-    room = model.config.n_positions - cfg.max_new_tokens
-    if room < 1:
-        raise ValueError(f"max_new_tokens {cfg.max_new_tokens} leaves no room for a prompt")
+    room = prompt_room(model, cfg.max_new_tokens)
     new = generate(
         model,
         [p[-room:] for p in prompts],  # a long prompt keeps its end, next to the continuation

@@ -137,6 +137,18 @@ def _sampling_asserts(temperature, top_k, top_p):
     ]
 
 
+def prompt_room(model, max_new_tokens: int) -> int:
+    """Positions left for a prompt beside `max_new_tokens` new ones (a longer prompt keeps its
+    end, next to the continuation); an error when there are none."""
+    room = model.config.n_positions - max_new_tokens
+    if room < 1:
+        raise ValueError(
+            f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's "
+            f"{model.config.n_positions} positions"
+        )
+    return room
+
+
 def _bucket(n: int, size: int = BUCKET) -> int:
     return max(size, -(-n // size) * size)
 

@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from gpt2_tf.export import TASK_FILE
-from gpt2_tf.generation import generate
+from gpt2_tf.generation import generate, prompt_room
 from gpt2_tf.readers import RowError, iter_jsonl, iter_lines
 from gpt2_tf.tasks import EncodeContext, get_task
 
@@ -84,14 +84,7 @@ def predict(model, tokenizer, task: dict, inputs: list, **generation) -> list[di
     ]
     seq_len = task["seq_len"]
     if task["kind"] != "classifier":
-        max_new = generation.get("max_new_tokens", 64)
-        room = model.config.n_positions - max_new
-        if room < 1:
-            raise ValueError(
-                f"max_new_tokens {max_new} leaves no room for a prompt in the model's "
-                f"{model.config.n_positions} positions"
-            )
-        seq_len = min(seq_len, room)
+        seq_len = min(seq_len, prompt_room(model, generation.get("max_new_tokens", 64)))
     ctx = EncodeContext(tokenizer, seq_len, {})
     ids = [_prompt_ids(spec, ctx, x)[-seq_len:] for x in inputs]  # a prompt keeps its end
     if task["kind"] != "classifier":

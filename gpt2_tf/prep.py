@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gpt2_tf import __version__
-from gpt2_tf.data import CLASSIFIER, METADATA, ShardedWriter, serialize
+from gpt2_tf.data import CLASSIFIER, METADATA, ShardedWriter, serialize, split_examples
 from gpt2_tf.locking import FolderLock
 from gpt2_tf.readers import RowError
 from gpt2_tf.tasks import Drop, EncodeContext, TaskSpec
@@ -84,27 +84,26 @@ def _swappable(folder: str) -> bool:
     """Whether the prep can be written beside `folder` and swapped in: its parent is writable
     and it is no mount point. Else it is written inside and moved in file by file."""
     real = os.path.realpath(folder)
-    parent = os.path.dirname(real)
-    return os.access(parent, os.W_OK) and not os.path.ismount(real)
+    return os.access(os.path.dirname(real), os.W_OK) and not os.path.ismount(real)
 
 
-def _staging(folder: str, kind: str, pid: int | str = "*") -> str:
+def _staging(folder: str, kind: str, swap: bool, pid: int | str) -> str:
     """Where a prep of `folder` is written (`kind` "prep") or old data waits (`kind` "old"):
-    a hidden sibling `.<name>.<kind>-<pid>`, or `<folder>/.<kind>-<pid>` when not swappable."""
+    a hidden sibling `.<name>.<kind>-<pid>`, or `<folder>/.<kind>-<pid>` when not swapped."""
     real = os.path.realpath(folder)
-    if not _swappable(folder):
+    if not swap:
         return os.path.join(real, f".{kind}-{pid}")
     parent, name = os.path.split(real)
     return os.path.join(parent, f".{name}.{kind}-{pid}")
 
 
-def _recover(folder: str) -> None:
+def _recover(folder: str, swap: bool) -> None:
     """Clears what an earlier prep of `folder` left when it was killed (the lock is held, so no
     prep of it runs now): its staging folder goes; old data set aside by a swap that did not
     finish goes back in place, or is removed if the new data made it."""
-    for staging in _leftovers(folder, "prep"):
+    for staging in _leftovers(folder, "prep", swap):
         shutil.rmtree(staging, ignore_errors=True)
-    for old in _leftovers(folder, "old"):
+    for old in _leftovers(folder, "old", swap):
         if os.path.isdir(folder):
             _move_others(old, folder)
             shutil.rmtree(old, ignore_errors=True)
@@ -112,8 +111,8 @@ def _recover(folder: str) -> None:
             os.rename(old, folder)
 
 
-def _leftovers(folder: str, kind: str) -> list[str]:
-    head, tail = os.path.split(_staging(folder, kind, "PID"))
+def _leftovers(folder: str, kind: str, swap: bool) -> list[str]:
+    head, tail = os.path.split(_staging(folder, kind, swap, "PID"))
     return glob.glob(os.path.join(glob.escape(head), glob.escape(tail).replace("PID", "*")))
 
 
@@ -124,7 +123,7 @@ def _move_others(source: str, target: str) -> None:
             os.rename(os.path.join(source, name), os.path.join(target, name))
 
 
-def _commit(staging: str, folder: str) -> None:
+def _commit(staging: str, folder: str, swap: bool) -> None:
     """Puts the finished prep in `staging` (metadata written last) in place of `folder`.
 
     Swapped: two renames on one file system, so at any moment `folder` holds the old prep, the
@@ -135,16 +134,16 @@ def _commit(staging: str, folder: str) -> None:
     if not os.path.isdir(real):
         os.makedirs(os.path.dirname(real), exist_ok=True)
         os.rename(staging, real)
-    elif _swappable(folder):
-        old = _staging(folder, "old", os.getpid())
+    elif swap:
+        old = _staging(folder, "old", swap, os.getpid())
         os.rename(real, old)
         os.rename(staging, real)
         _move_others(old, real)
         shutil.rmtree(old)
     else:
-        for name in [METADATA, *sorted(os.listdir(real))]:
-            if _is_prep_file(name) and os.path.exists(os.path.join(real, name)):
-                os.remove(os.path.join(real, name))
+        old = [n for n in os.listdir(real) if _is_prep_file(n) and n != METADATA]
+        for name in [METADATA, *old] if os.path.exists(os.path.join(real, METADATA)) else old:
+            os.remove(os.path.join(real, name))
         for name in [*sorted(n for n in os.listdir(staging) if n != METADATA), METADATA]:
             os.rename(os.path.join(staging, name), os.path.join(real, name))
         os.rmdir(staging)
@@ -185,7 +184,10 @@ def _check_no_empty_files(spec: TaskSpec, opts: PrepOptions, files, count: int) 
     """An input file with no rows (empty, or a header alone) is an error naming it: it would
     leave a split empty, found only when training starts."""
     paths = spec.source(opts.task).get("paths", [])
-    empty = [p for p in paths if not files[p]] if len(paths) > 1 else paths * (count == 0)
+    if len(paths) == 1:  # one file: every item is its own, whatever `file` a reader gives it
+        empty = paths if count == 0 else []
+    else:
+        empty = [p for p in paths if not files[p]]
     if empty:
         raise ValueError(f"{empty[0]}: no rows (the file is empty or holds only its header)")
 
@@ -193,7 +195,7 @@ def _check_no_empty_files(spec: TaskSpec, opts: PrepOptions, files, count: int) 
 def _check_training_examples(spec: TaskSpec, stats: _Stats, split_counts: dict) -> None:
     """Every row dropped (too long for --seq_len, all bad under --on_error=skip): an error
     now, with the reasons, rather than a prep that training cannot use."""
-    if any(s == "train" or s.startswith("train-stage") for s in split_counts):
+    if split_examples({"splits": split_counts}, "train"):
         return
     reasons = ", ".join(f"{k} {v}" for k, v in stats.dropped.most_common()) or "none"
     raise ValueError(
@@ -327,13 +329,13 @@ def prepare(spec: TaskSpec, tokenizer, opts: PrepOptions) -> dict:
     opts = dataclasses.replace(opts, task=spec.resolve(dict(opts.task)))  # may fail offline
     # Locked, and written beside the folder until complete: a second prep into the same folder
     # fails at once, and a failed or killed prep leaves the previous data as it was.
-    inside = not _swappable(opts.output_dir)
-    if inside:
+    swap = _swappable(opts.output_dir)
+    if not swap:
         os.makedirs(opts.output_dir, exist_ok=True)
-    with FolderLock(opts.output_dir, f"prep {spec.name}", inside=inside):
-        _recover(opts.output_dir)
+    with FolderLock(opts.output_dir, f"prep {spec.name}", inside=not swap):
+        _recover(opts.output_dir, swap)
         _check_target(opts.output_dir, opts.overwrite)
-        staging = _staging(opts.output_dir, "prep", os.getpid())
+        staging = _staging(opts.output_dir, "prep", swap, os.getpid())
         os.makedirs(staging)
         try:
             total, assignment = _first_pass(spec, opts)
@@ -343,7 +345,7 @@ def prepare(spec: TaskSpec, tokenizer, opts: PrepOptions) -> dict:
             meta = _metadata(spec, opts, tokenizer, stats, writer.counts)
             with open(os.path.join(staging, METADATA), "w", encoding="utf-8") as f:
                 json.dump(meta, f, indent=2, ensure_ascii=False)
-            _commit(staging, opts.output_dir)
+            _commit(staging, opts.output_dir, swap)
         finally:
             shutil.rmtree(staging, ignore_errors=True)  # gone already once committed
     print(summary(meta))

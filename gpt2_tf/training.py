@@ -387,9 +387,9 @@ class Trainer:
         """A few continuations of validation prompts, greedy, for TensorBoard."""
         if not self.cfg.num_samples or not self.chief:
             return []
-        from gpt2_tf.generation import generate
+        from gpt2_tf.generation import generate, prompt_room
 
-        room = self.model.config.n_positions - 32  # keep a prompt's end if it is too long
+        room = prompt_room(self.model, 32)
         prompts = [
             p[-room:] for p in split_prompts(self.cfg.data_dir, "validation", self.cfg.num_samples)
         ]
@@ -452,7 +452,7 @@ class Trainer:
             )
         self.state["step"].assign(step)
         self.state["tokens"].assign_add(float(out["tokens"]))
-        if float(out["skipped"]):
+        if self._loss_scaled and float(out["skipped"]):
             self.state["skipped_steps"].assign_add(1)
             logging.warning(
                 "step %d: non-finite gradients under mixed_float16; update skipped "
