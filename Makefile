@@ -40,7 +40,7 @@ PORT ?= 8501
 APP_MODEL = $(if $(filter command line environment,$(origin MODEL)),$(MODEL),runs/instruction_tuning/final)
 
 app: $(STAMP)
-	$(BIN)/streamlit run gpt2_tf/app.py --server.address=127.0.0.1 --server.port=$(PORT) \
+	$(BIN)/streamlit run gpt2_tf/serve/app.py --server.address=127.0.0.1 --server.port=$(PORT) \
 	  --server.headless=true --browser.gatherUsageStats=false --client.toolbarMode=minimal \
 	  -- --model=$(APP_MODEL)
 

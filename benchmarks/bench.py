@@ -140,7 +140,7 @@ def _merge_machine_rows(rows: list[dict]) -> list[dict]:
 def machine_info() -> dict:
     import importlib.metadata as md
 
-    from gpt2_tf import hardware
+    from gpt2_tf.core import hardware
 
     cpu = hardware.cpu_model()
     versions = {"cpu_features": hardware.describe_cpu().split("; ", 1)[1]}
@@ -169,7 +169,7 @@ def main() -> None:
         help="comma list of groups (default: all but serving): " + ",".join(plan(True)),
     )
     opts = parser.parse_args()
-    from gpt2_tf import hardware
+    from gpt2_tf.core import hardware
 
     groups = plan(opts.quick, hardware.bfloat16_support())
     wanted = opts.only.split(",") if opts.only else [g for g in groups if g != "serving"]

@@ -57,8 +57,8 @@ def _synthetic_lm_data(folder: str, seq_len: int, examples: int, vocab: int = 50
     """A prepared LM dataset of random tokens (loss on every token, as in HF's benchmark)."""
     import numpy as np
 
-    from gpt2_tf.data import ShardedWriter, serialize
-    from gpt2_tf.monitor import write_json
+    from gpt2_tf.data.records import ShardedWriter, serialize
+    from gpt2_tf.train.monitor import write_json
 
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -86,7 +86,7 @@ def _synthetic_lm_data(folder: str, seq_len: int, examples: int, vocab: int = 50
 def train_ours(a: dict) -> dict:
     import tempfile
 
-    from gpt2_tf.training import TrainConfig, Trainer
+    from gpt2_tf.train.trainer import TrainConfig, Trainer
 
     steps = a["warmup"] + a["reps"]
     data = _synthetic_lm_data(tempfile.mkdtemp(), a["seq_len"], a["batch"] * (steps + 1))
@@ -137,7 +137,7 @@ def per_batch(a: dict, measure) -> dict:
 def generate_ours(a: dict) -> dict:
     import numpy as np
 
-    from gpt2_tf.distribute import configure_cpu_threads
+    from gpt2_tf.train.distribute import configure_cpu_threads
 
     configure_cpu_threads("one_device")  # as pipelines/<task>/test.py does
     model = _ours_model(a["preset"])
@@ -158,8 +158,8 @@ def generate_saved_model(a: dict) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from gpt2_tf.export import export_saved_model
-    from gpt2_tf.tokenizer import GPT2Tokenizer
+    from gpt2_tf.serve.export import export_saved_model
+    from gpt2_tf.tokenizer.bpe import GPT2Tokenizer
 
     tok = GPT2Tokenizer.from_pretrained(os.path.join(SHARED, "gpt2_tokenizer"))
     path = export_saved_model(_ours_model(a["preset"]), tok, tempfile.mkdtemp(), version=1)
@@ -356,14 +356,14 @@ def _texts() -> list[str]:
 def tokenize(a: dict) -> dict:
     texts, vocab = _texts(), os.path.join(SHARED, "gpt2_tokenizer")
     if a["system"] == "gpt2_tf":
-        from gpt2_tf.tokenizer import GPT2Tokenizer
+        from gpt2_tf.tokenizer.bpe import GPT2Tokenizer
 
         tok = GPT2Tokenizer.from_pretrained(vocab)
         run = lambda: tok.encode_batch(texts)  # noqa: E731
     elif a["system"] == "gpt2_tf_graph":
         import tensorflow as tf
 
-        from gpt2_tf.tokenizer import GPT2Tokenizer
+        from gpt2_tf.tokenizer.bpe import GPT2Tokenizer
 
         graph = GPT2Tokenizer.from_pretrained(vocab).graph
         batch = tf.constant(texts)
@@ -389,9 +389,9 @@ def tokenize(a: dict) -> dict:
 def prep(a: dict) -> dict:
     import tempfile
 
-    from gpt2_tf.prep import PrepOptions, prepare
-    from gpt2_tf.tasks import get_task
-    from gpt2_tf.tokenizer import GPT2Tokenizer
+    from gpt2_tf.data.prep import PrepOptions, prepare
+    from gpt2_tf.data.tasks import get_task
+    from gpt2_tf.tokenizer.bpe import GPT2Tokenizer
 
     tok = GPT2Tokenizer.from_pretrained(os.path.join(SHARED, "gpt2_tokenizer"))
     task, options, seq_len = {

@@ -48,7 +48,7 @@ def main() -> None:
     import tensorflow as tf
 
     from benchmarks.cases import _synthetic_lm_data
-    from gpt2_tf.training import TrainConfig, Trainer
+    from gpt2_tf.train.trainer import TrainConfig, Trainer
 
     memory = "--memory" in sys.argv
     args = [a for a in sys.argv[1:] if a != "--memory"]

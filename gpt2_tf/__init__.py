@@ -11,10 +11,10 @@ os.environ.setdefault(
 
 __version__ = "0.1.0"
 
-from gpt2_tf.config import GPT2Config  # noqa: E402
-from gpt2_tf.lora import enable_lora, load_lora, merge_lora, save_lora  # noqa: E402
-from gpt2_tf.model import GPT2Backbone, GPT2Classifier, GPT2LanguageModel  # noqa: E402
-from gpt2_tf.tokenizer import GPT2Tokenizer  # noqa: E402
+from gpt2_tf.model.config import GPT2Config  # noqa: E402
+from gpt2_tf.model.gpt2 import GPT2Backbone, GPT2Classifier, GPT2LanguageModel  # noqa: E402
+from gpt2_tf.model.lora import enable_lora, load_lora, merge_lora, save_lora  # noqa: E402
+from gpt2_tf.tokenizer.bpe import GPT2Tokenizer  # noqa: E402
 
 __all__ = [
     "GPT2Config",

@@ -8,6 +8,7 @@ help string; nothing runs on import.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import MISSING
 
@@ -65,7 +66,7 @@ def define_prep_flags(task: str, seq_len: int) -> None:
 
 
 def prep_options(task_options: dict, **extra):
-    from gpt2_tf.prep import PrepOptions
+    from gpt2_tf.data.prep import PrepOptions
 
     return PrepOptions(
         output_dir=FLAGS.output_dir,
@@ -81,9 +82,9 @@ def prep_options(task_options: dict, **extra):
 
 def run_prep(task, task_options: dict, **extra) -> dict:
     """Runs a task's prep (a name or a TaskSpec) with the common flags; returns its metadata."""
-    from gpt2_tf.prep import prepare
-    from gpt2_tf.tasks import get_task
-    from gpt2_tf.tokenizer import GPT2Tokenizer
+    from gpt2_tf.data.prep import prepare
+    from gpt2_tf.data.tasks import get_task
+    from gpt2_tf.tokenizer.bpe import GPT2Tokenizer
 
     spec = get_task(task) if isinstance(task, str) else task
     tokenizer = GPT2Tokenizer.from_pretrained(FLAGS.tokenizer)
@@ -92,9 +93,9 @@ def run_prep(task, task_options: dict, **extra) -> dict:
 
 def define_train_flags(task: str, **defaults) -> None:
     """Every TrainConfig field as a flag; `defaults` are the task's own (e.g. LoRA for RTE)."""
-    from gpt2_tf.distribute import STRATEGIES
-    from gpt2_tf.optim import SCHEDULES
-    from gpt2_tf.training import PRECISIONS, TrainConfig
+    from gpt2_tf.train.distribute import STRATEGIES
+    from gpt2_tf.train.optim import SCHEDULES
+    from gpt2_tf.train.trainer import PRECISIONS, TrainConfig
 
     global _TRAIN_TASK
     _TRAIN_TASK = task  # run_train checks that --data_dir holds this task's data
@@ -161,8 +162,8 @@ def define_train_flags(task: str, **defaults) -> None:
 
 
 def run_train() -> dict:
-    from gpt2_tf.hardware import resolve_precision
-    from gpt2_tf.training import TrainConfig, Trainer
+    from gpt2_tf.core.hardware import resolve_precision
+    from gpt2_tf.train.trainer import TrainConfig, Trainer
 
     # flags.txt records what runs: `--precision=auto` as the precision it chose.
     FLAGS.precision, _ = resolve_precision(FLAGS.precision, FLAGS.strategy)
@@ -175,7 +176,7 @@ def run_train() -> dict:
 
 
 def define_test_flags(task: str) -> None:
-    from gpt2_tf.generation import SAMPLERS
+    from gpt2_tf.model.generation import SAMPLERS
 
     flags.DEFINE_string("model_dir", os.path.join("runs", task, "final"), "A trained model folder.")
     flags.DEFINE_multi_string("prompt", [], "An input text (repeat the flag for more).")
@@ -197,8 +198,8 @@ def define_test_flags(task: str) -> None:
 def run_test() -> list[dict]:
     import json
 
-    from gpt2_tf.distribute import configure_cpu_threads
-    from gpt2_tf.inference import load_trained, predict, read_inputs
+    from gpt2_tf.serve.inference import load_trained, predict, read_inputs
+    from gpt2_tf.train.distribute import configure_cpu_threads
 
     configure_cpu_threads("one_device")  # before TensorFlow starts: see distribute.py
     model, tokenizer, task = load_trained(FLAGS.model_dir)
@@ -229,10 +230,75 @@ def define_export_flags(task: str) -> None:
 
 
 def run_export() -> str:
-    from gpt2_tf.export import export_saved_model
-    from gpt2_tf.inference import load_trained
+    from gpt2_tf.serve.export import export_saved_model
+    from gpt2_tf.serve.inference import load_trained
 
     model, tokenizer, task = load_trained(FLAGS.model_dir)
     path = export_saved_model(model, tokenizer, FLAGS.export_dir, task, FLAGS.version)
     print(f"exported {FLAGS.model_dir} -> {path}  (serving_default; see README: Serving)")
     return path
+
+
+# ---- make eval-<task> and make staged-text ---------------------------------------------------
+def define_eval_flags(task: str, names=None) -> None:
+    """EvalConfig fields as flags (all, or those in `names`); --model_dir: runs/<task>/final."""
+    from gpt2_tf.analyses import evaluate
+
+    define = {"int": flags.DEFINE_integer, "float": flags.DEFINE_float}
+    define["bool"] = flags.DEFINE_boolean
+    for f in dataclasses.fields(evaluate.EvalConfig):
+        if names is None or f.name in names:
+            default = os.path.join("runs", task, "final") if f.name == "model_dir" else f.default
+            define.get(f.type, flags.DEFINE_string)(f.name, default, evaluate.HELP[f.name])
+
+
+def run_eval() -> dict:
+    from gpt2_tf.analyses import evaluate
+
+    names = [f.name for f in dataclasses.fields(evaluate.EvalConfig)]
+    cfg = evaluate.EvalConfig(**{n: getattr(FLAGS, n) for n in names})
+    results = evaluate.run(cfg)
+    out_dir = cfg.output_dir or os.path.join(
+        os.path.dirname(os.path.abspath(cfg.model_dir)), "eval"
+    )
+    summary = {k: evaluate.scalars(v) for k, v in results["models"].items()}
+    print(json.dumps(evaluate.jsonable(summary), indent=2))
+    print(f"wrote {os.path.join(out_dir, 'report.md')} (and metrics, plots) for {cfg.model_dir}")
+    return results
+
+
+STAGED_GENERATION_FLAGS = (
+    "num_generations",
+    "max_new_tokens",
+    "sampler",
+    "temperature",
+    "top_k",
+    "top_p",
+    "embedder",
+    "unit",
+    "num_shown",
+)
+
+
+def define_staged_flags() -> None:
+    """text_tuning's training flags (less --stage, which this sets) and the generation flags."""
+    define_train_flags("text_tuning", batch_size=8, learning_rate=5e-4)
+    delattr(FLAGS, "stage")
+    FLAGS.set_default("output_dir", os.path.join("runs", "text_tuning_staged"))
+    define_eval_flags("text_tuning", STAGED_GENERATION_FLAGS)
+
+
+def run_staged() -> dict:
+    from gpt2_tf.analyses import staged
+    from gpt2_tf.analyses.evaluate import EvalConfig
+    from gpt2_tf.train.trainer import TrainConfig
+
+    f = FLAGS
+    train = {x.name: getattr(f, x.name) for x in dataclasses.fields(TrainConfig) if x.name in f}
+    generation = {name: getattr(f, name) for name in STAGED_GENERATION_FLAGS}
+    evaluation = EvalConfig(model_dir="", batch_size=f.batch_size, seed=f.seed, **generation)
+    results = staged.run_staged(staged.StagedConfig(TrainConfig(**train), evaluation))
+    for row in results["stages"]:
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+    print(f"wrote {os.path.join(f.output_dir, 'eval', 'report.md')}")
+    return results

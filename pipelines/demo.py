@@ -47,16 +47,16 @@ def main(argv):
     del argv
     import tensorflow as tf
 
-    from gpt2_tf import evaluation
-    from gpt2_tf.config import PRESETS
-    from gpt2_tf.data import split_prompts
-    from gpt2_tf.export import export_saved_model
-    from gpt2_tf.generation import generate
-    from gpt2_tf.prep import PrepOptions, prepare
-    from gpt2_tf.tasks import get_task
-    from gpt2_tf.tasks.instruction import BUNDLED
-    from gpt2_tf.tokenizer import GPT2Tokenizer
-    from gpt2_tf.training import TrainConfig, Trainer
+    from gpt2_tf.analyses import evaluate
+    from gpt2_tf.data.prep import PrepOptions, prepare
+    from gpt2_tf.data.records import split_prompts
+    from gpt2_tf.data.tasks import get_task
+    from gpt2_tf.data.tasks.instruction import BUNDLED
+    from gpt2_tf.model.config import PRESETS
+    from gpt2_tf.model.generation import generate
+    from gpt2_tf.serve.export import export_saved_model
+    from gpt2_tf.tokenizer.bpe import GPT2Tokenizer
+    from gpt2_tf.train.trainer import TrainConfig, Trainer
 
     start = time.monotonic()
     shutil.rmtree(FLAGS.output_dir, ignore_errors=True)  # the demo always starts afresh
@@ -108,16 +108,16 @@ def main(argv):
         print(f"\n{tokenizer.decode(prompt)}")
         print(f"  greedy:  {shown(tokenizer, g)}")
         print(f"  sampled: {shown(tokenizer, x)}")
-    report = evaluation.run(
-        evaluation.EvalConfig(
+    report = evaluate.run(
+        evaluate.EvalConfig(
             model_dir=os.path.join(cfg.output_dir, "final"), num_generations=4, max_new_tokens=24
         )
     )
     print()
     for name, m in report["models"].items():
-        values = ", ".join(f"{k} {evaluation.md_cell(v)}" for k, v in m.items() if _number(v))
+        values = ", ".join(f"{k} {evaluate.md_cell(v)}" for k, v in m.items() if _number(v))
         print(f"evaluation ({name}): {values}")  # md_cell: n/a, never a raw nan
-    if any("n/a" in evaluation.md_cell(v) for m in report["models"].values() for v in m.values()):
+    if any("n/a" in evaluate.md_cell(v) for m in report["models"].values() for v in m.values()):
         print("n/a: local coherence needs a generation of two sentences or more")
     print(f"report: {cfg.output_dir}/eval/report.md")
 
@@ -141,7 +141,7 @@ def main(argv):
 
 def describe_model(init_from: str, model, steps: int) -> str:
     """One line: what was trained, what to expect of it, and how to fine-tune real GPT-2."""
-    from gpt2_tf.config import PRESETS
+    from gpt2_tf.model.config import PRESETS
 
     c, params = model.config, model.count_params()
     if init_from in PRESETS:

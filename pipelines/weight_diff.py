@@ -27,7 +27,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from gpt2_tf import weight_diff
+    from gpt2_tf.analyses import weight_diff
 
     if not FLAGS.a or not FLAGS.b:
         raise app.UsageError("pass two checkpoint folders: --a and --b (make: A=... B=...)")

@@ -88,8 +88,8 @@ def reference():
 
 
 def _prepared(tokenizer, folder, task, seq_len, **options):
-    from gpt2_tf.prep import PrepOptions, prepare
-    from gpt2_tf.tasks import get_task
+    from gpt2_tf.data.prep import PrepOptions, prepare
+    from gpt2_tf.data.tasks import get_task
 
     prepare(get_task(task), tokenizer, PrepOptions(str(folder), seq_len=seq_len, task=options))
     return str(folder)
@@ -133,7 +133,7 @@ def rte_dir(tokenizer, tmp_path_factory):
 
 def train_tiny(data_dir: str, out, **overrides) -> str:
     """A tiny model trained one step (seconds): a real run folder whose final/ has task.json."""
-    from gpt2_tf.training import TrainConfig, Trainer
+    from gpt2_tf.train.trainer import TrainConfig, Trainer
 
     cfg = dict(
         data_dir=data_dir,

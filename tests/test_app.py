@@ -11,11 +11,13 @@ pytest.importorskip("streamlit")  # the `app` extra
 import pyarrow as pa  # noqa: E402  (a dependency of streamlit)
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from gpt2_tf.app import DEFAULT_MODEL, load_model, model_arg, resolve  # noqa: E402
-from gpt2_tf.export import export_saved_model  # noqa: E402
-from gpt2_tf.inference import load_trained, predict  # noqa: E402
+from gpt2_tf.serve.app import DEFAULT_MODEL, load_model, model_arg, resolve  # noqa: E402
+from gpt2_tf.serve.export import export_saved_model  # noqa: E402
+from gpt2_tf.serve.inference import load_trained, predict  # noqa: E402
 
-APP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gpt2_tf", "app.py")
+APP = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gpt2_tf", "serve", "app.py"
+)
 PROMPT = "Name a colour."
 
 

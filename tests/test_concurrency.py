@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from gpt2_tf.locking import FolderInUse, FolderLock, lock_path
+from gpt2_tf.core.locking import FolderInUse, FolderLock, lock_path
 from tests.conftest import shared
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,9 +91,9 @@ def test_a_killed_prep_leaves_the_old_data_intact(big_emotion, tmp_path):
 
 
 def test_a_failed_prep_leaves_the_old_data_intact(tmp_path, tokenizer):
-    from gpt2_tf.prep import PrepOptions, prepare
-    from gpt2_tf.readers import RowError
-    from gpt2_tf.tasks import get_task
+    from gpt2_tf.data.prep import PrepOptions, prepare
+    from gpt2_tf.data.readers import RowError
+    from gpt2_tf.data.tasks import get_task
 
     out, bad = tmp_path / "emotion", tmp_path / "bad"
     task = get_task("classification_tuning")
@@ -113,7 +113,7 @@ def test_a_failed_prep_leaves_the_old_data_intact(tmp_path, tokenizer):
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
     folder = str(tmp_path / "run")
     code = (
-        "import sys, time; from gpt2_tf.locking import FolderLock; "
+        "import sys, time; from gpt2_tf.core.locking import FolderLock; "
         f"FolderLock({folder!r}, 'training').acquire(); print('held', flush=True); time.sleep(60)"
     )
     holder = subprocess.Popen(
@@ -163,7 +163,7 @@ def test_a_second_training_into_a_busy_folder_is_refused_and_the_first_completes
 
 # ---- damaged or mismatched inputs to training: errors that name the file and the cause ---------
 def test_a_truncated_shard_names_the_file(dolly_dir, tmp_path):
-    from gpt2_tf.training import TrainConfig, Trainer
+    from gpt2_tf.train.trainer import TrainConfig, Trainer
 
     data = tmp_path / "data"
     shutil.copytree(dolly_dir, data)
@@ -212,9 +212,9 @@ def test_a_folder_reused_by_another_task_or_model_is_refused_by_name(
     """`incompatible tensor with shape (128, 64)`, or worse a silent restore of another
     model's weights: a run folder taken by another task is refused (its data differs), one with
     no record of its run too, and a checkpoint that does not fit the model names itself."""
-    from gpt2_tf.prep import PrepOptions, prepare
-    from gpt2_tf.tasks import get_task
-    from gpt2_tf.training import TrainConfig, Trainer
+    from gpt2_tf.data.prep import PrepOptions, prepare
+    from gpt2_tf.data.tasks import get_task
+    from gpt2_tf.train.trainer import TrainConfig, Trainer
 
     common = dict(
         max_steps=1, batch_size=4, strategy="one_device", num_samples=0, precision="float32"
@@ -241,10 +241,10 @@ def test_a_folder_reused_by_another_task_or_model_is_refused_by_name(
 def test_a_folder_that_cannot_be_swapped_is_replaced_in_place(tmp_path, tokenizer, monkeypatch):
     """A mount point or a folder in a read-only parent: the prep is written inside it and moved
     in file by file, metadata last; a failed prep still leaves the old data."""
-    from gpt2_tf import prep as prep_module
-    from gpt2_tf.prep import PrepOptions, prepare
-    from gpt2_tf.readers import RowError
-    from gpt2_tf.tasks import get_task
+    from gpt2_tf.data import prep as prep_module
+    from gpt2_tf.data.prep import PrepOptions, prepare
+    from gpt2_tf.data.readers import RowError
+    from gpt2_tf.data.tasks import get_task
 
     monkeypatch.setattr(prep_module, "_swappable", lambda folder: False)
     out, task = tmp_path / "emotion", get_task("classification_tuning")

@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from gpt2_tf.data import ShardedWriter, load_tfrecords, serialize
-from gpt2_tf.monitor import write_json
+from gpt2_tf.data.records import ShardedWriter, load_tfrecords, serialize
+from gpt2_tf.train.monitor import write_json
 
 N, SEQ_LEN = 30_000, 4  # more examples than the old 10,000-example shuffle window
 
@@ -48,7 +48,7 @@ def test_each_epoch_is_a_uniform_seeded_permutation(ordered_split):
 def test_a_resumed_epoch_reads_the_rest_of_the_same_permutation(ordered_split, tmp_path):
     """Training's epoch data after `skip` steps is exactly the tail of the whole epoch's, so a
     run resumed mid-epoch sees the examples the uninterrupted run would have seen."""
-    from gpt2_tf.training import TrainConfig, Trainer
+    from gpt2_tf.train.trainer import TrainConfig, Trainer
 
     cfg = TrainConfig(ordered_split, str(tmp_path), batch_size=1000, strategy="one_device")
     trainer = Trainer(cfg)
@@ -70,7 +70,7 @@ def test_records_are_the_same_bytes_in_any_process():
     import sys
 
     code = (
-        "from gpt2_tf.data import serialize; "
+        "from gpt2_tf.data.records import serialize; "
         "print(serialize([464, 2068, 7586], 3, 5, 1).hex(), serialize([1, 2], 2, 0, label=3).hex())"
     )
     outs = {

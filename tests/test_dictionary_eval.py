@@ -10,8 +10,9 @@ import keras
 import numpy as np
 import pytest
 
-from gpt2_tf import GPT2LanguageModel, dictionary_eval
-from gpt2_tf.dictionary_eval import (
+from gpt2_tf import GPT2LanguageModel
+from gpt2_tf.analyses import dictionary
+from gpt2_tf.analyses.dictionary import (
     analyze,
     evaluate_reverse,
     exact_match,
@@ -21,10 +22,10 @@ from gpt2_tf.dictionary_eval import (
     read_split,
     top_k_accuracy,
 )
-from gpt2_tf.monitor import write_json
-from gpt2_tf.prep import PrepOptions, prepare
-from gpt2_tf.tasks import get_task
-from gpt2_tf.tasks.dictionary import WORD_PROMPT, clean
+from gpt2_tf.data.prep import PrepOptions, prepare
+from gpt2_tf.data.tasks import get_task
+from gpt2_tf.data.tasks.dictionary import WORD_PROMPT, clean
+from gpt2_tf.train.monitor import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = [
@@ -135,7 +136,7 @@ def test_reverse_metrics_from_known_candidates(monkeypatch, dictionary_dir, toke
     examples = [e for e in read_split(data_dir, "test", tokenizer) if e.direction == "reverse"]
     words = [e.word for e in examples]
     known = [[words[0], "x"], ["y", words[1]]]  # first: greedy right; second: found at 2
-    monkeypatch.setattr(dictionary_eval, "word_candidates", lambda *a, **k: known)
+    monkeypatch.setattr(dictionary, "word_candidates", lambda *a, **k: known)
     got = evaluate_reverse(None, tokenizer, examples, letters, k=2)
     assert got["exact_match"] == 0.5
     assert got["top_k_accuracy"] == {"1": 0.5, "2": 1.0}

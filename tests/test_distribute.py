@@ -7,7 +7,7 @@ import pytest
 
 SCRIPT = """
 import tensorflow as tf
-from gpt2_tf.distribute import configure_cpu_threads
+from gpt2_tf.train.distribute import configure_cpu_threads
 {before}
 configure_cpu_threads({strategy!r}, {threads})
 print("THREADS", tf.config.threading.get_inter_op_parallelism_threads())

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gpt2_tf import evaluation, plots
-from gpt2_tf.data import load_tfrecords, read_metadata
-from gpt2_tf.evaluation import EvalConfig
-from gpt2_tf.training import TrainConfig, Trainer
+from gpt2_tf.analyses import evaluate, plots
+from gpt2_tf.analyses.evaluate import EvalConfig
+from gpt2_tf.data.records import load_tfrecords, read_metadata
+from gpt2_tf.train.trainer import TrainConfig, Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,7 +66,7 @@ def test_lm_evaluation_files_and_numbers(lm_run, tmp_path):
         max_new_tokens=8,
         embedder="gpt2",
     )
-    results = evaluation.run(cfg)
+    results = evaluate.run(cfg)
     tuned, base = results["models"]["fine-tuned"], results["models"]["base"]
     # The same number as training's own evaluation of the final weights on the test split.
     lm_run.cfg.eval_batches = 0  # the whole split
@@ -92,7 +92,7 @@ def test_lm_evaluation_files_and_numbers(lm_run, tmp_path):
 def test_base_model_is_the_runs_starting_point(dolly_dir, tmp_path):
     cfg = train_config(dolly_dir, tmp_path, seed=3, lora_rank=2, dropout=0.1)
     fresh = Trainer(cfg).model  # before any step
-    base = evaluation.base_model(dataclasses.asdict(cfg), read_metadata(dolly_dir))
+    base = evaluate.base_model(dataclasses.asdict(cfg), read_metadata(dolly_dir))
     frozen = [v for v in fresh.variables if "lora" not in v.path and "seed" not in v.path]
     weights = [v for v in base.variables if "seed" not in v.path]
     assert len(frozen) == len(weights)
@@ -103,8 +103,8 @@ def test_base_model_is_the_runs_starting_point(dolly_dir, tmp_path):
 def test_head_only_on_targets_equals_full_logits(lm_run, dolly_dir):
     model = lm_run.model
     dataset = load_tfrecords(dolly_dir, "test", 8).take(1)
-    fast = evaluation.perplexity_on(model, dataset)
-    full = evaluation.perplexity_on(lambda x: model(x), dataset)  # logits at every position
+    fast = evaluate.perplexity_on(model, dataset)
+    full = evaluate.perplexity_on(lambda x: model(x), dataset)  # logits at every position
     assert fast["target_tokens"] == full["target_tokens"]
     assert fast["perplexity"] == pytest.approx(full["perplexity"], rel=1e-5)
 
@@ -131,7 +131,7 @@ def test_classifier_eval_pipeline_in_a_subprocess(rte_run, rte_dir, tmp_path):
 
 
 def test_training_loss_from_tensorboard(lm_run):
-    steps, loss = evaluation.read_training_loss(lm_run.cfg.output_dir)
+    steps, loss = evaluate.read_training_loss(lm_run.cfg.output_dir)
     assert steps == [1, 2] and all(np.isfinite(loss))
 
 
@@ -167,6 +167,6 @@ def test_plots_open_as_images(tmp_path):
 
 
 def test_markdown_cells():
-    assert evaluation.md_cell("a|b\nc") == "a\\|b<br>c"
-    assert evaluation.md_cell(float("nan")) == "n/a" and evaluation.md_cell(0.123456) == "0.1235"
-    assert evaluation.md_cell("") == "(empty)"
+    assert evaluate.md_cell("a|b\nc") == "a\\|b<br>c"
+    assert evaluate.md_cell(float("nan")) == "n/a" and evaluate.md_cell(0.123456) == "0.1235"
+    assert evaluate.md_cell("") == "(empty)"

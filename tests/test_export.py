@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from gpt2_tf.export import export_saved_model
-from gpt2_tf.inference import load_trained, predict
+from gpt2_tf.serve.export import export_saved_model
+from gpt2_tf.serve.inference import load_trained, predict
 from tests.conftest import train_tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

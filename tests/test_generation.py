@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from gpt2_tf import GPT2LanguageModel
-from gpt2_tf.generation import Generator, _top_p_filter, decode, sample
+from gpt2_tf.model.generation import Generator, _top_p_filter, decode, sample
 
 PROMPTS = [[464, 2068, 7586, 21831, 18045], [15496], [40, 588, 257]]
 

@@ -9,8 +9,8 @@ import sys
 import keras
 import pytest
 
-from gpt2_tf import hardware
-from gpt2_tf.training import TrainConfig, Trainer
+from gpt2_tf.core import hardware
+from gpt2_tf.train.trainer import TrainConfig, Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

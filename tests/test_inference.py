@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from gpt2_tf.inference import load_trained, predict, read_inputs
-from gpt2_tf.readers import RowError
+from gpt2_tf.data.readers import RowError
+from gpt2_tf.serve.inference import load_trained, predict, read_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -13,7 +13,7 @@ from gpt2_tf import (
     load_lora,
     merge_lora,
 )
-from gpt2_tf.lora import save_lora
+from gpt2_tf.model.lora import save_lora
 
 CONFIG = GPT2Config.from_preset("tiny")
 E, L = CONFIG.n_embd, CONFIG.n_layer
@@ -122,7 +122,7 @@ def test_lora_dense_matches_keras_merged_kernel(policy):
     """Our x·W + s·(x·A)·B path gives Keras's (W + s·A·B) outputs and adapter gradients."""
     import tensorflow as tf
 
-    from gpt2_tf.layers import Dense
+    from gpt2_tf.model.layers import Dense
 
     rng = np.random.default_rng(6)
     x = tf.constant(rng.normal(size=(5, 7, 16)), tf.float32)
@@ -171,7 +171,7 @@ def _lm_batch():
 def test_generate_and_perplexity_see_lora_changes_after_a_first_call(change, tmp_path):
     """`generate` and `perplexity_on` keep traced functions on the model; enabling, loading and
     merging LoRA afterwards must change what they compute exactly as it changes forward passes."""
-    from gpt2_tf.evaluation import perplexity_on
+    from gpt2_tf.analyses.evaluate import perplexity_on
 
     keras.utils.set_random_seed(5)
     model = GPT2LanguageModel(CONFIG)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gpt2_tf import losses
+from gpt2_tf.model import losses
 
 
 def _inputs(dtype, n=37, e=16, v=301, seed=0):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gpt2_tf import metrics
-from gpt2_tf.evaluation import perplexity_on
+from gpt2_tf.analyses.evaluate import perplexity_on
+from gpt2_tf.evaluation import metrics
 
 
 # ---- distinct-n and lexical diversity ------------------------------------------------------------

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gpt2_tf.optim import NO_DECAY, PreReducedAdamW, WarmupSchedule
+from gpt2_tf.train.optim import NO_DECAY, PreReducedAdamW, WarmupSchedule
 
 
 def _variables(seed):

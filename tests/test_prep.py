@@ -9,11 +9,11 @@ import pytest
 import tensorflow as tf
 
 from gpt2_tf import GPT2Tokenizer
-from gpt2_tf.data import load_tfrecords, read_metadata
-from gpt2_tf.prep import PrepOptions, find_row, prepare
-from gpt2_tf.readers import RowError
-from gpt2_tf.tasks import get_task
-from gpt2_tf.tasks.instruction import BUNDLED, render_prompt
+from gpt2_tf.data.prep import PrepOptions, find_row, prepare
+from gpt2_tf.data.readers import RowError
+from gpt2_tf.data.records import load_tfrecords, read_metadata
+from gpt2_tf.data.tasks import get_task
+from gpt2_tf.data.tasks.instruction import BUNDLED, render_prompt
 from tests.conftest import shared
 
 EOT = 50256

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gpt2_tf import hub
-from gpt2_tf.data import load_tfrecords
-from gpt2_tf.prep import PrepOptions, find_row, prepare
-from gpt2_tf.readers import RowError
-from gpt2_tf.tasks import get_task
-from gpt2_tf.tasks.classification import LABELS, with_label_names
+from gpt2_tf.core import hub
+from gpt2_tf.data.prep import PrepOptions, find_row, prepare
+from gpt2_tf.data.readers import RowError
+from gpt2_tf.data.records import load_tfrecords
+from gpt2_tf.data.tasks import get_task
+from gpt2_tf.data.tasks.classification import LABELS, with_label_names
 from tests.conftest import shared
 
 EOT = 50256

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gpt2_tf.data import load_tfrecords, read_metadata, split_files
-from gpt2_tf.prep import PrepOptions, prepare
-from gpt2_tf.readers import RowError
-from gpt2_tf.tasks import get_task
-from gpt2_tf.tasks.dictionary import clean
+from gpt2_tf.data.prep import PrepOptions, prepare
+from gpt2_tf.data.readers import RowError
+from gpt2_tf.data.records import load_tfrecords, read_metadata, split_files
+from gpt2_tf.data.tasks import get_task
+from gpt2_tf.data.tasks.dictionary import clean
 from tests.conftest import shared
 
 EOT = 50256

@@ -7,11 +7,11 @@ from unittest import mock
 
 import pytest
 
-from gpt2_tf import hub
-from gpt2_tf.prep import PrepOptions, find_row, prepare
-from gpt2_tf.readers import RowError
-from gpt2_tf.tasks import get_task
-from gpt2_tf.tasks.entailment import LABELS, render
+from gpt2_tf.core import hub
+from gpt2_tf.data.prep import PrepOptions, find_row, prepare
+from gpt2_tf.data.readers import RowError
+from gpt2_tf.data.tasks import get_task
+from gpt2_tf.data.tasks.entailment import LABELS, render
 from tests.conftest import shared
 from tests.test_prep_classification import check_batches, records
 
@@ -111,7 +111,7 @@ def test_tfds_offline_error_says_to_pass_input_dir(tokenizer, tmp_path):
 def test_tfds_train_is_held_out_and_validation_is_test(tokenizer, reference, tmp_path):
     import tensorflow_datasets as tfds
 
-    from gpt2_tf.tasks import entailment
+    from gpt2_tf.data.tasks import entailment
 
     # tfds' own mock: random rows in glue/rte's features; no download (the host check is faked).
     with (

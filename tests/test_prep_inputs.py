@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 
-from gpt2_tf.data import read_metadata
-from gpt2_tf.prep import PrepOptions, prepare
-from gpt2_tf.readers import RowError
-from gpt2_tf.tasks import TASKS, get_task
+from gpt2_tf.data.prep import PrepOptions, prepare
+from gpt2_tf.data.readers import RowError
+from gpt2_tf.data.records import read_metadata
+from gpt2_tf.data.tasks import TASKS, get_task
 from tests.conftest import shared
 
 BOM = codecs.BOM_UTF8
@@ -68,7 +68,7 @@ def test_every_reader_accepts_a_byte_order_mark(tokenizer, tmp_path):
         bom=True,
     )
     run(tokenizer, "style_tuning", tmp_path / "c", chat_file=chat, target_speaker="B")
-    from gpt2_tf.tasks.style import turns
+    from gpt2_tf.data.tasks.style import turns
 
     first = next(turns({"chat_file": chat, "chat_format": "tsv"}))
     assert first.text == "hi, how are you doing?"

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from gpt2_tf.prep import PrepOptions, prepare
-from gpt2_tf.readers import Row, RowError
-from gpt2_tf.tasks import get_task
-from gpt2_tf.tasks.style import detect_format, parse_stamp, resolve
+from gpt2_tf.data.prep import PrepOptions, prepare
+from gpt2_tf.data.readers import Row, RowError
+from gpt2_tf.data.tasks import get_task
+from gpt2_tf.data.tasks.style import detect_format, parse_stamp, resolve
 from tests.conftest import shared
 from tests.test_prep_dictionary import EOT, assert_example, example, records, write_lines
 

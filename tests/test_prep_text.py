@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gpt2_tf.data import load_tfrecords, split_files
-from gpt2_tf.prep import PrepOptions, prepare
-from gpt2_tf.readers import Row, RowError
-from gpt2_tf.tasks.text import TASK, read
+from gpt2_tf.data.prep import PrepOptions, prepare
+from gpt2_tf.data.readers import Row, RowError
+from gpt2_tf.data.records import load_tfrecords, split_files
+from gpt2_tf.data.tasks.text import TASK, read
 from tests.conftest import shared
 
 EOT, EOS = "<|endoftext|>", 50256

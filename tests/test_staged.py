@@ -8,11 +8,11 @@ import os
 import pytest
 from PIL import Image
 
-from gpt2_tf import staged
-from gpt2_tf.evaluation import EvalConfig
-from gpt2_tf.prep import PrepOptions, prepare
-from gpt2_tf.tasks import get_task
-from gpt2_tf.training import TrainConfig
+from gpt2_tf.analyses import staged
+from gpt2_tf.analyses.evaluate import EvalConfig
+from gpt2_tf.data.prep import PrepOptions, prepare
+from gpt2_tf.data.tasks import get_task
+from gpt2_tf.train.trainer import TrainConfig
 from tests.conftest import shared
 
 

@@ -108,7 +108,7 @@ def test_the_default_is_openais_vocabulary_shipped_with_the_package(monkeypatch)
 
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
-    from gpt2_tf.hub import BUNDLED_TOKENIZER
+    from gpt2_tf.tokenizer.vocab import BUNDLED as BUNDLED_TOKENIZER
     from tests.conftest import reference_encoding
 
     monkeypatch.delenv("GPT2_TF_TOKENIZER", raising=False)
@@ -138,7 +138,7 @@ def test_the_package_alone_tokenizes_offline(tmp_path):
 
     shutil.copytree(os.path.dirname(gpt2_tf.__file__), tmp_path / "gpt2_tf")
     code = (
-        "import gpt2_tf.tokenizer as t, os; tok = t.GPT2Tokenizer.from_pretrained(); "
+        "import gpt2_tf.tokenizer.bpe as t, os; tok = t.GPT2Tokenizer.from_pretrained(); "
         "assert tok.source.startswith(os.getcwd()), tok.source; "
         "print(tok.encode('Hello world'), tok.decode(tok.encode('naïve 中文')))"
     )

@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 
 from gpt2_tf import GPT2Tokenizer
-from gpt2_tf.tokenizer import EOT, bytes_to_unicode
-from gpt2_tf.tokenizer_graph import L_16, N_16
+from gpt2_tf.tokenizer.graph import L_16, N_16
+from gpt2_tf.tokenizer.vocab import EOT, bytes_to_unicode
 from tests.conftest import all_shared_texts
 
 BATCH = 2000

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gpt2_tf.data import load_tfrecords
-from gpt2_tf.training import NonFiniteLoss, TrainConfig, Trainer
+from gpt2_tf.data.records import load_tfrecords
+from gpt2_tf.train.trainer import NonFiniteLoss, TrainConfig, Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -185,7 +185,7 @@ def test_metrics_csv_has_one_set_of_columns_when_an_epoch_is_shorter_than_log_ev
     assert float(last["val_perplexity"]) == pytest.approx(result["validation"]["perplexity"])
     assert float(last["train_loss"]) == pytest.approx(result["train"]["loss"], rel=1e-6)
     assert float(last["train_grad_norm"]) == pytest.approx(result["train"]["grad_norm"])
-    from gpt2_tf.evaluation import read_training_loss
+    from gpt2_tf.analyses.evaluate import read_training_loss
 
     shutil.rmtree(tmp_path / "tensorboard")  # the CSV is the fallback
     steps, loss = read_training_loss(str(tmp_path))

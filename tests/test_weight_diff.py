@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gpt2_tf import GPT2Config, GPT2LanguageModel, enable_lora, merge_lora
-from gpt2_tf.weight_diff import (
+from gpt2_tf.analyses.weight_diff import (
     block_grid,
     compare_models,
     compare_states,
@@ -18,7 +18,7 @@ from gpt2_tf.weight_diff import (
     read_state,
     write_report,
 )
-from gpt2_tf.weights import state_of
+from gpt2_tf.model.weights import state_of
 
 CONFIG = GPT2Config.from_preset("tiny")
 

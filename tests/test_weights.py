@@ -22,7 +22,9 @@ import pytest
 import tensorflow as tf
 from safetensors.numpy import load_file, save_file
 
-from gpt2_tf import GPT2Backbone, GPT2Classifier, GPT2Config, GPT2LanguageModel, hub, weights
+from gpt2_tf import GPT2Backbone, GPT2Classifier, GPT2Config, GPT2LanguageModel
+from gpt2_tf.core import hub
+from gpt2_tf.model import weights
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

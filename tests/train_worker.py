@@ -17,7 +17,7 @@ def main(config_path: str, weights_path: str, cpus: int = 1) -> None:
         )
     import numpy as np
 
-    from gpt2_tf.training import TrainConfig, Trainer
+    from gpt2_tf.train.trainer import TrainConfig, Trainer
 
     with open(config_path, encoding="utf-8") as f:
         trainer = Trainer(TrainConfig(**json.load(f)))

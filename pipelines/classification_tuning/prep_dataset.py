@@ -3,7 +3,7 @@
 from absl import flags
 
 from gpt2_tf import cli
-from gpt2_tf.tasks import classification
+from gpt2_tf.data.tasks import classification
 
 flags.DEFINE_string(
     "input",

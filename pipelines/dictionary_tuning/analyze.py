@@ -40,9 +40,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from gpt2_tf.dictionary_eval import analyze, read_split
-    from gpt2_tf.inference import load_trained
-    from gpt2_tf.metrics import get_embedder
+    from gpt2_tf.analyses.dictionary import analyze, read_split
+    from gpt2_tf.evaluation.metrics import get_embedder
+    from gpt2_tf.serve.inference import load_trained
 
     model, tokenizer, _ = load_trained(FLAGS.model_dir)
     examples = read_split(FLAGS.data_dir, FLAGS.split, tokenizer, FLAGS.max_examples)

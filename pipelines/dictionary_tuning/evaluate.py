@@ -1,14 +1,14 @@
 """Evaluate a trained dictionary_tuning run beside its base model (make eval-...): metrics,
 plots and report.md in <run>/eval."""
 
-from gpt2_tf import cli, evaluation
+from gpt2_tf import cli
 
-evaluation.define_flags("dictionary_tuning")
+cli.define_eval_flags("dictionary_tuning")
 
 
 def main(argv):
     del argv
-    evaluation.run_from_flags()
+    cli.run_eval()
 
 
 if __name__ == "__main__":

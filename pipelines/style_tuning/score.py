@@ -59,7 +59,7 @@ DEFAULT_QUESTIONS = [
 
 
 def questions() -> list[dict]:
-    from gpt2_tf.scoring import read_jsonl
+    from gpt2_tf.analyses.scoring import read_jsonl
 
     if FLAGS.input_file:
         return read_jsonl(FLAGS.input_file)
@@ -74,9 +74,9 @@ def questions() -> list[dict]:
 
 def main(argv):
     del argv
-    from gpt2_tf import scoring
-    from gpt2_tf.inference import load_trained
-    from gpt2_tf.tasks import style
+    from gpt2_tf.analyses import scoring
+    from gpt2_tf.data.tasks import style
+    from gpt2_tf.serve.inference import load_trained
 
     model, tokenizer, task = load_trained(FLAGS.model_dir)
     render = None

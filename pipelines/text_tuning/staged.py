@@ -1,14 +1,14 @@
 """Staged fine-tuning on text_tuning data prepared with --num_stages N (make staged-text): train on
 stage 1..N in turn, each from the previous stage's weights, evaluating after each."""
 
-from gpt2_tf import cli, staged
+from gpt2_tf import cli
 
-staged.define_flags()
+cli.define_staged_flags()
 
 
 def main(argv):
     del argv
-    staged.run_from_flags()
+    cli.run_staged()
 
 
 if __name__ == "__main__":

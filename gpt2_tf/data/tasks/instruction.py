@@ -1,0 +1,105 @@
+"""instruction_tuning: Dolly-style rows (instruction, context, response, category) -> prompt/target.
+
+The loss covers the response and its `<|endoftext|>` only. Prompt and response are tokenized
+apart, as at generation time, where the model continues the tokenized prompt. Too long: the
+context is shortened first, then the instruction; a row is dropped only when the response itself
+cannot fit.
+"""
+
+from __future__ import annotations
+
+import os
+
+from gpt2_tf.core import hub
+from gpt2_tf.data.readers import Row, iter_jsonl, require
+from gpt2_tf.data.tasks import Drop, EncodeContext, Encoded, TaskSpec, first_tokens
+
+HUB_ID, HUB_FILE = "databricks/databricks-dolly-15k", "databricks-dolly-15k.jsonl"
+BUNDLED = os.path.join(os.path.dirname(os.path.dirname(__file__)), "samples", "instructions.jsonl")
+WITH_CONTEXT = "### Instruction:\n{instruction}\n\n### Context:\n{context}\n\n### Response:\n"
+NO_CONTEXT = "### Instruction:\n{instruction}\n\n### Response:\n"
+
+
+def render_prompt(instruction: str, context: str = "") -> str:
+    template = WITH_CONTEXT if context.strip() else NO_CONTEXT
+    return template.format(instruction=instruction, context=context)
+
+
+def resolve(options: dict) -> dict:
+    """A given --input_jsonl; else Dolly-15k from the hub when online; else the bundled sample."""
+    if options.get("input_jsonl"):
+        return options
+    try:
+        path = hub.dataset_file(HUB_ID, HUB_FILE, what="instruction_tuning")
+    except hub.OfflineError as e:
+        print(f"instruction_tuning: {e}\n  -> using the bundled sample {BUNDLED}")
+        path = BUNDLED
+    return {**options, "input_jsonl": path}
+
+
+def read(options: dict):
+    categories = set(options.get("categories") or ())
+    for row in iter_jsonl(options["input_jsonl"]):
+        if categories and isinstance(row, Row) and row.fields.get("category") not in categories:
+            yield Drop("category_filtered")
+        else:
+            yield row
+
+
+def _fit(tok, instruction: str, context: str, budget: int) -> tuple[list[int], bool]:
+    """Prompt ids within `budget`, shortening the context, then the instruction."""
+    prompt = tok.encode(render_prompt(instruction, context))
+    truncated = False
+    for field in ("context", "instruction"):
+        text = context if field == "context" else instruction
+        keep = len(tok.encode(text))
+        while len(prompt) > budget and keep > 0:
+            keep -= len(prompt) - budget  # re-encoding can shift a token, so check and repeat
+            text = first_tokens(tok, text, keep)
+            context, instruction = (text, instruction) if field == "context" else (context, text)
+            prompt, truncated = tok.encode(render_prompt(instruction, context)), True
+    return prompt, truncated
+
+
+def encode(row: Row, ctx: EncodeContext) -> Encoded:
+    tok = ctx.tokenizer
+    instruction, response = require(row, "instruction"), require(row, "response")
+    context = require(row, "context", allow_empty=True) if "context" in row.fields else ""
+    target = tok.encode(response) + [tok.eos_id]
+    budget = ctx.seq_len - len(target)
+    if budget < len(tok.encode(render_prompt(""))):
+        raise Drop("response_too_long")
+    prompt, truncated = _fit(tok, instruction, context, budget)
+    if len(prompt) > budget:
+        raise Drop("response_too_long")
+    return Encoded(prompt, target, truncated=truncated)
+
+
+def prompt(fields: dict, ctx: EncodeContext) -> list[int]:
+    instruction = fields.get("instruction") or fields["text"]
+    return _fit(ctx.tokenizer, instruction, fields.get("context") or "", ctx.seq_len)[0]
+
+
+def source(options: dict) -> dict:
+    path = options["input_jsonl"]
+    return {"paths": [path], "bundled_sample": path == BUNDLED}
+
+
+def min_seq_len(tok) -> int:
+    """The prompt's frame, one instruction token, one response token, <|endoftext|>."""
+    return len(tok.encode(render_prompt("a"))) + 2
+
+
+TASK = TaskSpec(
+    name="instruction_tuning",
+    kind="lm",
+    read=read,
+    encode=encode,
+    resolve=resolve,
+    source=source,
+    prompt=prompt,
+    template=WITH_CONTEXT + "{response}<|endoftext|>   (### Context section only when non-empty)",
+    seq_len=512,
+    min_seq_len=min_seq_len,
+    notes=("loss on the response and its <|endoftext|> only (prompt_length marks the prompt)",),
+)

@@ -1,0 +1,267 @@
+"""A Streamlit page for trying a trained model or a SavedModel export in the browser.
+
+    make app MODEL=runs/instruction_tuning/final
+    streamlit run gpt2_tf/app.py -- --model PATH
+
+PATH is a trained folder (`runs/<task>/final`, with `task.json`), a SavedModel version folder
+(`exports/<task>/3`) or an export folder, whose highest version is then used; the sidebar can
+change it. LM tasks get a prompt, the sampling controls and the continuation; classifiers get the
+label probabilities as a bar chart and the top label. A loaded model is cached per folder and
+modification time, so a retrained or re-exported model is picked up on the next run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+
+import streamlit as st
+
+from gpt2_tf.core.run_folder import EXPORT_EXTRA, TASK_FILE
+from gpt2_tf.model.generation import SAMPLERS, sampler_settings
+
+DEFAULT_MODEL = os.path.join("runs", "instruction_tuning", "final")
+ENTAILMENT = "entailment_tuning"
+
+
+def model_arg(argv: list[str]) -> str:
+    """The --model path from the arguments after `streamlit run gpt2_tf/app.py --`."""
+    parser = argparse.ArgumentParser(add_help=False)  # a --help would end the page's run
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="Trained folder or export.")
+    return parser.parse_known_args(argv)[0].model  # known: pytest's own argv under AppTest
+
+
+def resolve(path: str) -> tuple[str, str]:
+    """("trained" | "export", folder) for a trained folder, an export version or an export dir."""
+    path = os.path.expanduser(path.strip())
+    if not path:
+        raise FileNotFoundError("no model folder given")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such folder")
+    if os.path.isfile(os.path.join(path, TASK_FILE)):
+        return "trained", path
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return "export", path
+    versions = [
+        int(n)
+        for n in os.listdir(path)
+        if n.isdigit() and os.path.isfile(os.path.join(path, n, "saved_model.pb"))
+    ]
+    if versions:
+        return "export", os.path.join(path, str(max(versions)))
+    raise FileNotFoundError(
+        f"{path}: not a trained model (no {TASK_FILE}) nor a SavedModel export (no "
+        "saved_model.pb, no numbered version folders); pass runs/<task>/final or exports/<task>"
+    )
+
+
+class TrainedModel:
+    """A folder written by training, run through `gpt2_tf.serve.inference.predict`."""
+
+    def __init__(self, path: str):
+        from gpt2_tf.serve.inference import load_trained
+
+        self.model, self.tokenizer, self.task = load_trained(path)
+        self.max_positions = self.model.config.n_positions
+
+    def _predict(self, fields: dict, settings: dict) -> dict:
+        from gpt2_tf.serve.inference import predict
+
+        return predict(self.model, self.tokenizer, self.task, [fields], **settings)[0]
+
+    def generate(self, fields: dict, settings: dict) -> dict:
+        """{"prompt": as the model sees it, "output": the continuation}."""
+        return self._predict(fields, settings)
+
+    def classify(self, fields: dict) -> dict[str, float]:
+        return self._predict(fields, {})["probabilities"]
+
+
+class ExportedModel:
+    """A SavedModel version folder, run through its `serving_default` signature."""
+
+    def __init__(self, path: str):
+        import tensorflow as tf
+
+        extra = os.path.join(path, EXPORT_EXTRA)
+        if not os.path.isfile(extra):
+            raise FileNotFoundError(f"{path}: no {EXPORT_EXTRA}; export with gpt2_tf.serve.export")
+        with open(extra, encoding="utf-8") as f:
+            self.task = json.load(f)["task"]
+        self._loaded = tf.saved_model.load(path)  # the signature needs its object kept alive
+        self._serve = self._loaded.signatures["serving_default"]
+        self.max_positions = None  # the export clips max_new_tokens itself
+
+    @functools.cached_property
+    def _tokenizer(self):
+        from gpt2_tf.tokenizer.bpe import GPT2Tokenizer
+
+        return GPT2Tokenizer.from_pretrained()  # any GPT-2 vocabulary renders the same text
+
+    def _prompt_text(self, fields: dict) -> str:
+        """The export takes raw text (the task's template is not in the graph), so the template
+        is applied here, as `predict` does for a trained folder."""
+        from gpt2_tf.data.tasks import EncodeContext, get_task
+
+        spec = get_task(self.task["task"]) if "task" in self.task else None
+        if spec is None or spec.prompt is None:
+            return fields["text"]
+        ctx = EncodeContext(self._tokenizer, self.task["seq_len"], {})
+        return self._tokenizer.decode(spec.prompt(fields, ctx))
+
+    def generate(self, fields: dict, settings: dict) -> dict:
+        import tensorflow as tf
+
+        temperature, top_k, top_p = sampler_settings(
+            settings["sampler"], settings["temperature"], settings["top_k"], settings["top_p"]
+        )
+        prompt = self._prompt_text(fields)
+        out = self._serve(
+            prompts=tf.constant([prompt]),
+            max_new_tokens=tf.constant(settings["max_new_tokens"], tf.int32),
+            temperature=tf.constant(temperature, tf.float32),
+            top_k=tf.constant(top_k, tf.int32),
+            top_p=tf.constant(top_p, tf.float32),
+            seed=tf.constant(settings["seed"], tf.int32),
+        )
+        return {"prompt": prompt, "output": out["outputs"][0].numpy().decode("utf-8", "replace")}
+
+    def classify(self, fields: dict) -> dict[str, float]:
+        import tensorflow as tf
+
+        if self.task.get("task") == ENTAILMENT:
+            inputs = {"premises": [fields["premise"]], "hypotheses": [fields["hypothesis"]]}
+        else:
+            inputs = {"texts": [fields["text"]]}
+        out = self._serve(**{k: tf.constant(v) for k, v in inputs.items()})
+        probs = out["probabilities"].numpy()[0].round(4).tolist()
+        return dict(zip(self.task["label_names"], probs))
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
+def load(kind: str, folder: str, stamp: float):
+    """The model behind a resolved folder; `stamp` (its files' mtime) only keys the cache."""
+    del stamp
+    return TrainedModel(folder) if kind == "trained" else ExportedModel(folder)
+
+
+def load_model(path: str):
+    """(model, folder) for any accepted path, cached (see `load`)."""
+    kind, folder = resolve(path)
+    marker = TASK_FILE if kind == "trained" else "saved_model.pb"
+    return load(kind, folder, os.path.getmtime(os.path.join(folder, marker))), folder
+
+
+def load_or_report(path: str):
+    """(model, folder), or (None, None) after an st.error naming the folder and the problem."""
+    try:
+        return load_model(path)
+    except Exception as exc:  # any unreadable folder: a message on the page, not a traceback
+        st.error(f"**Could not load a model from `{path}`**\n\n{type(exc).__name__}: {exc}")
+        st.caption(
+            "Give a trained folder (runs/<task>/final) or an export (exports/<task>) in the "
+            "sidebar, or start the page with `-- --model PATH`."
+        )
+        return None, None
+
+
+def generation_settings(max_positions: int | None) -> dict:
+    """The sidebar's sampling controls; a control the sampler does not use is disabled."""
+    side = st.sidebar
+    side.subheader("Generation")
+    sampler = side.radio("Sampler", SAMPLERS, index=3, key="sampler", horizontal=True)
+    top = min(256, max_positions - 1) if max_positions else 256
+    return {
+        "sampler": sampler,
+        "max_new_tokens": side.slider("Maximum new tokens", 1, top, min(64, top), key="max_new"),
+        "temperature": side.slider(
+            "Temperature", 0.05, 2.0, 0.8, 0.05, key="temperature", disabled=sampler == "greedy"
+        ),
+        "top_k": side.slider("Top-k", 1, 200, 50, key="top_k", disabled=sampler != "top_k"),
+        "top_p": side.slider(
+            "Top-p", 0.05, 1.0, 0.9, 0.05, key="top_p", disabled=sampler != "top_p"
+        ),
+        "seed": int(side.number_input("Seed", 0, 2**31 - 1, 0, key="seed")),
+    }
+
+
+def input_fields(task: dict) -> dict:
+    """The text areas for this task's inputs: premise + hypothesis for entailment, else one."""
+    if task.get("task") == ENTAILMENT:
+        return {
+            "premise": st.text_area("Premise", key="premise"),
+            "hypothesis": st.text_area("Hypothesis", key="hypothesis"),
+        }
+    label = "Text to classify" if task["kind"] == "classifier" else "Prompt"
+    return {"text": st.text_area(label, key="prompt", height=120)}
+
+
+def show_generation(result: dict) -> None:
+    """The continuation, and the prompt with the task's template applied."""
+    st.subheader("Output")
+    if result["output"].strip():
+        st.code(result["output"], language=None, wrap_lines=True)
+    else:
+        st.info("The model produced only whitespace or stopped at once (<|endoftext|>).")
+    with st.expander("Prompt as the model sees it"):
+        st.code(result["prompt"], language=None, wrap_lines=True)
+
+
+def show_probabilities(probs: dict[str, float]) -> None:
+    """The top label and every label's probability, in the task's label order."""
+    label = max(probs, key=probs.get)
+    st.success(f"Top label: **{label}** ({probs[label]:.1%})")
+    st.bar_chart(
+        {"probability": probs}, horizontal=True, sort=False, x_label="", y_label="probability"
+    )
+
+
+def run_model(model, folder: str, fields: dict, settings: dict) -> None:
+    """Runs one input and keeps the result in the session, so it stays through reruns."""
+    if not all(v.strip() for v in fields.values()):
+        st.warning("Enter some text first.")
+        return
+    try:
+        with st.spinner("Running the model…"):
+            if model.task["kind"] == "classifier":
+                result = {"probabilities": model.classify(fields)}
+            else:
+                result = {"generation": model.generate(fields, settings)}
+    except Exception as exc:  # e.g. prompt + new tokens exceed the context: say so, no traceback
+        st.error(f"The model could not run: {type(exc).__name__}: {exc}")
+        return
+    st.session_state["result"] = (folder, result)
+
+
+def show_result(folder: str) -> None:
+    """The last result, if it came from the model now shown."""
+    shown_for, result = st.session_state.get("result", (None, None))
+    if shown_for != folder:  # a result from another model folder
+        return
+    if "generation" in result:
+        show_generation(result["generation"])
+    else:
+        show_probabilities(result["probabilities"])
+
+
+def main() -> None:
+    st.set_page_config(page_title="gpt2_tf", page_icon="✍️")
+    st.title("gpt2_tf")
+    path = st.sidebar.text_input("Model folder", model_arg(sys.argv[1:]), key="model_path")
+    model, folder = load_or_report(path)
+    if model is None:
+        st.stop()
+    kind = model.task["kind"]
+    st.caption(f"`{folder}` · task {model.task.get('task', 'lm')} · {kind}")
+    settings = generation_settings(model.max_positions) if kind != "classifier" else {}
+    fields = input_fields(model.task)
+    if st.button("Classify" if kind == "classifier" else "Generate", key="run", type="primary"):
+        run_model(model, folder, fields, settings)
+    show_result(folder)
+
+
+if __name__ == "__main__":  # streamlit runs the page as __main__; importing it runs nothing
+    main()

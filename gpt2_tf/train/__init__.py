@@ -1,0 +1,1 @@
+"""Training: the trainer, the optimizer and schedules, tf.distribute set-up, the monitor."""

@@ -1,0 +1,528 @@
+"""Training from prepared TFRecords: one loop for every task, under any `tf.distribute` strategy.
+
+Why a custom loop rather than `fit`: (1) the LM loss must be the mean over the target tokens of
+the whole global batch, across replicas and accumulation steps, which needs the global token
+count before dividing; (2) gradients are clipped and their norm logged after the all-reduce, as
+in PyTorch DDP; (3) a run killed mid-epoch resumes to the same weights, so the data position and
+the dropout RNG are checkpointed with the model and optimizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from gpt2_tf.core import run_folder
+from gpt2_tf.core.hardware import resolve_precision
+from gpt2_tf.core.locking import FolderLock
+from gpt2_tf.core.run_folder import TASK_FILE
+from gpt2_tf.data.records import (
+    CLASSIFIER,
+    explain_data_loss,
+    load_tfrecords,
+    read_metadata,
+    split_examples,
+    split_prompts,
+)
+from gpt2_tf.evaluation import loop, metrics
+from gpt2_tf.model import losses
+from gpt2_tf.model.config import PRESETS, GPT2Config
+from gpt2_tf.model.gpt2 import GPT2Classifier, GPT2LanguageModel
+from gpt2_tf.model.lora import enable_lora, save_lora
+from gpt2_tf.train.distribute import configure_cpu_threads, get_strategy
+from gpt2_tf.train.monitor import Monitor, write_json
+from gpt2_tf.train.optim import make_optimizer
+
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")  # auto: see hardware.py
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    data_dir: str
+    output_dir: str
+    init_from: str = "tiny"  # a preset (random weights), a pretrained folder or a hub id
+    batch_size: int = 8  # global: examples per optimizer step, over all replicas and micro-steps
+    epochs: int = 1
+    max_steps: int = 0  # > 0 overrides epochs
+    learning_rate: float = 5e-4
+    warmup_steps: int = 0
+    schedule: str = "linear"
+    weight_decay: float = 0.01
+    clipnorm: float = 1.0  # 0 disables clipping
+    grad_accum_steps: int = 1
+    dropout: float | None = None  # None keeps the checkpoint's / preset's rate
+    lora_rank: int = 0  # 0 = full fine-tuning
+    lora_alpha: float | None = None
+    lora_targets: tuple[str, ...] = ("c_attn",)
+    pooling: str = "last"  # classifier tasks
+    precision: str = "auto"  # bfloat16 where the device has it natively, else float32
+    strategy: str = "auto"
+    inter_op_threads: int = 0  # 0 = auto: 1 for a single replica on CPU (see distribute.py)
+    eval_every: int = 0  # steps; 0 = at the end of each epoch
+    eval_batches: int = 0  # 0 = the whole validation split
+    save_every: int = 100  # steps between resumable checkpoints
+    early_stopping_patience: int = 0  # evaluations without improvement; 0 = off
+    log_every: int = 10
+    seed: int = 0
+    stage: int = 0  # text_tuning staged data: train on this stage only (0 = all of train)
+    tokenizer: str | None = None  # for the sampled generations in TensorBoard (LM tasks)
+    num_samples: int = 3
+    restart: bool = False  # clear output_dir's checkpoints and logs and start at step 0
+    task: str | None = None  # the task the data must be (a pipeline's own); None: any
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in ("batch_size", "grad_accum_steps", "epochs", "log_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size % self.grad_accum_steps:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not divisible by grad_accum_steps "
+                f"{self.grad_accum_steps}"
+            )
+        self.lora_targets = tuple(self.lora_targets)
+
+
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+def build_model(cfg: TrainConfig, meta: dict, dtype=None):
+    """The task's model from a preset or pretrained weights, with dropout and LoRA applied;
+    `dtype` is its Keras dtype policy (None: Keras's global one)."""
+    overrides = {} if cfg.dropout is None else {"dropout": cfg.dropout}
+    kwargs = {"dtype": dtype} if dtype else {}
+    if meta["kind"] == CLASSIFIER:
+        kwargs.update(num_classes=len(meta["label_names"]), pooling=cfg.pooling)
+    cls = GPT2Classifier if meta["kind"] == CLASSIFIER else GPT2LanguageModel
+    if cfg.init_from in PRESETS:  # random weights: widen the position table to fit the data
+        config = GPT2Config.from_preset(cfg.init_from, **overrides)
+        config = config.replace(n_positions=max(config.n_positions, meta["seq_len"]))
+        model = cls(config, **kwargs)
+    else:
+        model = cls.from_pretrained(cfg.init_from, **kwargs)
+        if overrides:  # rebuild with the new rate, same weights
+            fresh = cls(model.config.replace(**overrides), **kwargs)
+            fresh.set_weights(model.get_weights())
+            model = fresh
+    if model.config.n_positions < meta["seq_len"]:
+        raise ValueError(
+            f"{cfg.data_dir}: seq_len {meta['seq_len']} exceeds the model's "
+            f"n_positions {model.config.n_positions}"
+        )
+    if cfg.lora_rank:
+        enable_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+    return model
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, flags_text: str | None = None):
+        """`flags_text`: the command's flags, written to flags.txt once the folder is taken."""
+        self.meta = read_metadata(cfg.data_dir)
+        if cfg.task and self.meta["task"] != cfg.task:
+            raise ValueError(
+                f"{cfg.data_dir} holds {self.meta['task']} data, not {cfg.task}: pass the "
+                f"--data_dir of a {cfg.task} prep"
+            )
+        self.is_lm = self.meta["kind"] != CLASSIFIER
+        configure_cpu_threads(cfg.strategy, cfg.inter_op_threads)
+        # `auto` resolved here, so train_config.json records the precision that ran.
+        precision, _ = resolve_precision(cfg.precision, cfg.strategy)
+        # data_dir absolute: train_config.json then names the data from any directory.
+        data_dir = os.path.abspath(cfg.data_dir)
+        self.cfg = cfg = dataclasses.replace(cfg, precision=precision, data_dir=data_dir)
+        keras.utils.set_random_seed(cfg.seed)
+        self.strategy = get_strategy(cfg.strategy)
+        self.replicas = self.strategy.num_replicas_in_sync
+        self.micro_batch = cfg.batch_size // cfg.grad_accum_steps
+        if self.micro_batch % self.replicas:
+            raise ValueError(
+                f"micro-batch {self.micro_batch} (batch_size / grad_accum_steps) is "
+                f"not divisible by the {self.replicas} replicas"
+            )
+        self.steps_per_epoch = split_examples(self.meta, "train", cfg.stage) // cfg.batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"{cfg.data_dir}: fewer training examples than one batch of {cfg.batch_size}"
+            )
+        self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.epochs
+        self.chief = _is_chief(self.strategy)
+        ckpt_dir = os.path.join(cfg.output_dir, "checkpoints")
+        self._lock = None
+        if self.chief:  # one run per folder: a second fails at once, naming this one
+            self._lock = FolderLock(cfg.output_dir, "training", inside=True).acquire()
+        else:  # every worker saves; only the chief's copy is kept
+            ckpt_dir = os.path.join(
+                cfg.output_dir, f"tmp-worker-{self.strategy.cluster_resolver.task_id}"
+            )
+        try:
+            if self.chief:
+                self._take_folder(ckpt_dir)
+                if flags_text is not None:  # this command's flags: --flagfile= reruns it
+                    with open(os.path.join(cfg.output_dir, "flags.txt"), "w") as f:
+                        f.write(flags_text)
+            elif cfg.restart:  # a worker's own checkpoints
+                shutil.rmtree(ckpt_dir, ignore_errors=True)
+            self._build(ckpt_dir)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, ckpt_dir: str) -> None:
+        """The model, optimizer, counters, logs and checkpoints, in the strategy's scope."""
+        cfg = self.cfg
+        with self.strategy.scope():
+            # The policy goes to the model alone: Keras's global one is left as it was.
+            self.model = build_model(cfg, self.meta, dtype=cfg.precision)
+            self.optimizer = make_optimizer(
+                cfg.learning_rate,
+                cfg.warmup_steps,
+                self.total_steps,
+                cfg.schedule,
+                cfg.weight_decay,
+                cfg.precision,
+            )
+            self.optimizer.build(self.model.trainable_variables)
+            self._loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+            self.state = {
+                k: tf.Variable(v, dtype=tf.float64, trainable=False)
+                for k, v in (
+                    ("step", 0),
+                    ("best", math.inf),
+                    ("bad_evals", 0),
+                    ("tokens", 0),
+                    ("skipped_steps", 0),  # float16 updates skipped for non-finite gradients
+                )
+            }
+        self.monitor = Monitor(cfg.output_dir, csv_columns(self.is_lm), enabled=self.chief)
+        self.checkpoint = tf.train.Checkpoint(
+            model={f"v{i}": v for i, v in enumerate(self.model.variables)},
+            optimizer={f"v{i}": v for i, v in enumerate(self.optimizer.variables)},
+            state=self.state,
+        )
+        self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir, max_to_keep=2)
+        self._train_step = self._make_train_step()
+
+    def _take_folder(self, ckpt_dir: str) -> None:
+        """Before anything is written: `--restart` clears the run's outputs; a resume must have
+        the settings the run was started with; a start with no checkpoint clears the logs a
+        killed attempt left (else its rows would stay beside the new ones)."""
+        folder = self.cfg.output_dir
+        if self.cfg.restart:
+            removed = run_folder.clear(folder)
+            if removed:
+                logging.info("--restart: removed %s from %s", ", ".join(removed), folder)
+        elif run_folder.checkpoint_step(ckpt_dir) is not None:
+            run_folder.check_resumable(folder, dataclasses.asdict(self.cfg), ckpt_dir)
+        elif run_folder.has_logs(folder):
+            logging.warning(
+                "%s: no checkpoint: starting from step 0 (logs of an earlier attempt removed)",
+                folder,
+            )
+            run_folder.clear(folder, run_folder.LOGS)  # results (final/, best/) stay
+
+    def close(self) -> None:
+        """Releases the output folder (`run` does when it ends)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _state(self, name: str) -> float:
+        return float(self.state[name].numpy())  # .numpy(): also a MirroredVariable's value
+
+    # ---- the step -------------------------------------------------------------------------
+    def _forward_sums(self, x, y, w, training):
+        """(NLL sum, weight sum, correct sum). LM tasks run the [*, vocab] head only where the
+        loss is taken: the same loss, without logits for prompt and padding positions."""
+        if not self.is_lm:
+            return losses.batch_sums(y, self.model(x, training=training), w)
+        return losses.lm_target_sums(self.model, x, y, w, training=training)
+
+    def _micro(self, batch, acc=None):
+        x, y, w = batch
+        with tf.GradientTape() as tape:
+            nll, count, correct = self._forward_sums(x, y, w, training=True)
+            loss, per_micro = nll, None
+            if self._loss_scaled:
+                # float16: the dynamic scale multiplies the *mean* loss, as Keras and PyTorch size
+                # it. On the summed loss the effective scale was tokens x 2^15, and most early
+                # steps overflowed and were skipped. Gradients go back to sums below.
+                per_micro = tf.stop_gradient(tf.maximum(count, 1.0))
+                loss = self.optimizer.scale_loss(nll / per_micro)
+        grads = tape.gradient(loss, self.model.trainable_variables)
+        # Embedding lookups give IndexedSlices; the tied wte gets a dense head gradient anyway.
+        grads = [tf.convert_to_tensor(g) for g in grads]
+        if per_micro is not None:
+            grads = [g * per_micro for g in grads]
+        sums = [nll, count, correct, tf.reduce_sum(tf.cast(x["padding_mask"], tf.float32))]
+        if acc is None:
+            return grads, sums
+        return [a + g for a, g in zip(acc[0], grads)], [a + s for a, s in zip(acc[1], sums)]
+
+    def _apply(self, grads, sums):
+        ctx = tf.distribute.get_replica_context()
+        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        nll, count, correct, tokens = ctx.all_reduce(tf.distribute.ReduceOp.SUM, sums)
+        # Mean over the target tokens (examples) of the whole global batch, then clipping: one
+        # factor, applied inside each variable's update where the optimizer allows it.
+        scale = tf.cast(getattr(self.optimizer, "dynamic_scale", 1.0), tf.float32)
+        per_token = 1.0 / tf.maximum(count, 1.0)
+        norm = tf.linalg.global_norm(grads) * per_token / scale
+        factor = per_token
+        if self.cfg.clipnorm > 0:
+            factor *= tf.minimum(1.0, self.cfg.clipnorm / tf.maximum(norm, 1e-30))
+        # Read before the update, which advances the schedule: the rate this update uses.
+        learning_rate = tf.identity(self.optimizer.learning_rate)
+        if hasattr(self.optimizer, "apply_scaled"):
+            self.optimizer.apply_scaled(grads, self.model.trainable_variables, factor)
+        else:  # the loss-scale wrapper (float16) unscales and checks the gradients itself
+            grads = [g * factor for g in grads]
+            self.optimizer.apply(grads, self.model.trainable_variables)
+        # The wrapper halves its scale exactly when it skips an update (non-finite gradients).
+        skipped = tf.zeros([])
+        if self._loss_scaled:
+            skipped = tf.cast(self.optimizer.dynamic_scale < scale, tf.float32)
+        return {
+            "loss": nll / tf.maximum(count, 1.0),
+            "grad_norm": norm,
+            "accuracy": correct / tf.maximum(count, 1.0),
+            "tokens": tokens,
+            "learning_rate": learning_rate,
+            "skipped": skipped,
+        }
+
+    def _make_train_step(self):
+        @tf.function
+        def train_step(iterator):
+            acc = self.strategy.run(self._micro, args=(next(iterator),))
+            for _ in range(self.cfg.grad_accum_steps - 1):
+                acc = self.strategy.run(self._micro, args=(next(iterator), acc))
+            out = self.strategy.run(self._apply, args=acc)
+            return {k: self.strategy.reduce("mean", v, axis=None) for k, v in out.items()}
+
+        return train_step
+
+    # ---- data -----------------------------------------------------------------------------
+    def _epoch_dataset(self, epoch: int, skip_steps: int):
+        """Epoch `epoch`'s micro-batches in a fixed seeded order, after `skip_steps` steps."""
+        ds = load_tfrecords(
+            self.cfg.data_dir,
+            "train",
+            self.micro_batch,
+            shuffle=True,
+            seed=self.cfg.seed + epoch,
+            drop_remainder=True,
+            stage=self.cfg.stage or None,
+        )
+        ds = ds.take(self.steps_per_epoch * self.cfg.grad_accum_steps)
+        ds = ds.skip(skip_steps * self.cfg.grad_accum_steps)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA
+        )
+        return self.strategy.experimental_distribute_dataset(ds.with_options(options))
+
+    # ---- evaluation -----------------------------------------------------------------------
+    def evaluate(self, split: str = "validation") -> dict:
+        """Metrics over a split (on every worker, undistributed: models are identical)."""
+        ds = load_tfrecords(self.cfg.data_dir, split, self.micro_batch)
+        sums = loop.run(self.model, ds, self.cfg.eval_batches)
+        if self.is_lm:
+            out = sums.lm_metrics()
+            del out["target_tokens"]
+            return out
+        return sums.classifier_metrics(len(self.meta["label_names"]))
+
+    def _evaluate_and_track(self, step: int) -> bool:
+        """Evaluates, keeps `best/`, and says whether early stopping ends the run."""
+        result = self.evaluate()
+        self.monitor.scalars("validation", step, result)
+        self.monitor.log(step, self.total_steps, {f"val_{k}": v for k, v in result.items()})
+        score = result["loss"] if self.is_lm else -result["accuracy"]  # lower is better
+        if score < self._state("best"):
+            self.state["best"].assign(score)
+            self.state["bad_evals"].assign(0)
+            self._save_model("best")
+        else:
+            self.state["bad_evals"].assign_add(1)
+        if self.is_lm:
+            self.monitor.text("validation", step, "samples", self._samples())
+        self._last_eval = result
+        patience = self.cfg.early_stopping_patience
+        return bool(patience) and int(self._state("bad_evals")) >= patience
+
+    def _samples(self) -> list[str]:
+        """A few continuations of validation prompts, greedy, for TensorBoard."""
+        if not self.cfg.num_samples or not self.chief:
+            return []
+        from gpt2_tf.model.generation import generate, prompt_room
+
+        room = prompt_room(self.model, 32)
+        prompts = [
+            p[-room:] for p in split_prompts(self.cfg.data_dir, "validation", self.cfg.num_samples)
+        ]
+        outs = generate(self.model, prompts, max_new_tokens=32)
+        tok = self.tokenizer
+        return [f"{tok.decode(p)!r} → {tok.decode(o)!r}" for p, o in zip(prompts, outs)]
+
+    # ---- the run --------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if not hasattr(self, "_tokenizer"):
+            from gpt2_tf.tokenizer.bpe import GPT2Tokenizer
+
+            self._tokenizer = GPT2Tokenizer.from_pretrained(
+                self.cfg.tokenizer or self.meta["tokenizer"]["source"]
+            )
+        return self._tokenizer
+
+    def _save_model(self, name: str) -> None:
+        """A from_pretrained folder (LoRA folded in), its tokenizer and `task.json`, which the
+        test and export pipelines read."""
+        if self.chief:
+            folder = os.path.join(self.cfg.output_dir, name)
+            self.model.save_pretrained(folder)
+            self.tokenizer.save_pretrained(folder)
+            keys = ("task", "kind", "seq_len", "template", "label_names", "eos_id")
+            task = {k: self.meta[k] for k in keys if k in self.meta}
+            write_json(os.path.join(folder, TASK_FILE), task)
+
+    def _resume(self) -> int:
+        try:
+            path = self.manager.restore_or_initialize()
+        except (ValueError, tf.errors.InvalidArgumentError) as e:  # "incompatible tensor ..."
+            first = str(e).strip().splitlines()[0][:300]
+            raise ValueError(
+                f"{self.manager.directory}: its checkpoint does not fit this model ({first}); "
+                "it belongs to another run: pass --restart or choose another --output_dir"
+            ) from e
+        step = int(self._state("step"))
+        if path:
+            logging.info("resumed from %s at step %d", path, step)
+            self.monitor.cut(step)  # what a killed attempt logged after its checkpoint
+        else:
+            self.monitor.flags(dataclasses.asdict(self.cfg))
+            if self.chief:
+                write_json(
+                    os.path.join(self.cfg.output_dir, "train_config.json"),
+                    dataclasses.asdict(self.cfg),
+                )
+        return step
+
+    def _after_step(self, step: int, out: dict) -> dict:
+        """Checks the loss, keeps the counters, and logs every `log_every` steps; returns the
+        training values logged now (none between log steps)."""
+        loss = float(out["loss"])
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(
+                f"step {step}: the training loss is {loss}; stopping (lower "
+                "--learning_rate, set --clipnorm, or check the data)"
+            )
+        self.state["step"].assign(step)
+        self.state["tokens"].assign_add(float(out["tokens"]))
+        if self._loss_scaled and float(out["skipped"]):
+            self.state["skipped_steps"].assign_add(1)
+            logging.warning(
+                "step %d: non-finite gradients under mixed_float16; update skipped "
+                "and the loss scale halved",
+                step,
+            )
+        if step % self.cfg.log_every and step != self.total_steps:
+            return {}
+        values = {
+            "loss": loss,
+            "perplexity" if self.is_lm else "accuracy": (
+                metrics.perplexity(loss, 1.0) if self.is_lm else float(out["accuracy"])
+            ),
+            "grad_norm": float(out["grad_norm"]),
+            "learning_rate": float(out["learning_rate"]),
+            "tokens_per_second": self.monitor.tokens_per_second(self._state("tokens")),
+            "skipped_steps": int(self._state("skipped_steps")),
+        }
+        self.monitor.scalars("train", step, values)
+        self.monitor.log(step, self.total_steps, values)
+        self._last_train = values
+        return values
+
+    def _eval_due(self, step: int) -> bool:
+        every = self.cfg.eval_every or self.steps_per_epoch
+        return step % every == 0 or step == self.total_steps
+
+    def run(self) -> dict:
+        try:
+            return self._run()
+        except tf.errors.DataLossError as e:  # a damaged shard: say which, and what to do
+            raise explain_data_loss(self.cfg.data_dir, e) from e
+        finally:
+            self.close()
+
+    def _run(self) -> dict:
+        step, stop = self._resume(), False
+        self._last_train, self._last_eval = {}, {}
+        while step < self.total_steps and not stop:
+            epoch, offset = divmod(step, self.steps_per_epoch)
+            iterator = iter(self._epoch_dataset(epoch, offset))
+            for _ in range(offset, self.steps_per_epoch):
+                out = self._train_step(iterator)
+                step += 1
+                row = _prefixed(self._after_step(step, out), "train_")
+                if self._eval_due(step):
+                    stop = self._evaluate_and_track(step)
+                    row.update(_prefixed(self._last_eval, "val_"))
+                if row:  # one row per step that logged or evaluated; absent values left empty
+                    self.monitor.csv_row({"step": step, "epoch": epoch, **row})
+                if step % self.cfg.save_every == 0 or stop or step == self.total_steps:
+                    self.manager.save(checkpoint_number=step)
+                if stop or step >= self.total_steps:
+                    break
+        return self._finish(step, stop)
+
+    def _finish(self, step: int, stopped_early: bool) -> dict:
+        self._save_model("final")
+        if self.cfg.lora_rank and self.chief:
+            os.makedirs(os.path.join(self.cfg.output_dir, "lora"), exist_ok=True)
+            save_lora(self.model, os.path.join(self.cfg.output_dir, "lora", "adapters.safetensors"))
+        if not self.chief:
+            shutil.rmtree(self.manager.directory, ignore_errors=True)
+        result = {
+            "steps": step,
+            "stopped_early": stopped_early,
+            "best": self._state("best"),
+            "train": self._last_train,
+            "validation": self._last_eval,
+        }
+        if self.chief:
+            write_json(os.path.join(self.cfg.output_dir, "result.json"), result)
+        return result
+
+
+def csv_columns(is_lm: bool) -> list[str]:
+    """metrics.csv's columns: one fixed set per kind of task, whatever a row holds."""
+    train = ["loss", "perplexity" if is_lm else "accuracy", "grad_norm", "learning_rate"]
+    train += ["tokens_per_second", "skipped_steps"]
+    val = ["loss", "perplexity", "token_accuracy"] if is_lm else ["loss", "accuracy", "macro_f1"]
+    return ["step", "epoch", *(f"train_{k}" for k in train), *(f"val_{k}" for k in val)]
+
+
+def _prefixed(values: dict, prefix: str) -> dict:
+    return {prefix + k: v for k, v in values.items()}
+
+
+def _is_chief(strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+    )
+
+
+def train(cfg: TrainConfig) -> dict:
+    return Trainer(cfg).run()
