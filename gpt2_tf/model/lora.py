@@ -13,6 +13,8 @@ import json
 
 import numpy as np
 
+from gpt2_tf.core.compat import kernel_variable
+
 # Target name -> (sub-layer of the block, Dense inside it). Names are OpenAI's/PEFT's for GPT-2.
 TARGETS = {
     "c_attn": ("attn", "c_attn"),  # fused query/key/value projection
@@ -93,10 +95,9 @@ def merge_lora(model):
     settings = _settings(model)
     for dense in lora_layers(model, settings.targets).values():
         a, b = np.asarray(dense.lora_kernel_a), np.asarray(dense.lora_kernel_b)
-        kernel = np.asarray(dense._kernel, np.float32) + (dense.lora_alpha / dense.lora_rank) * (
-            a @ b
-        )
-        dense._kernel.assign(kernel.astype(dense._kernel.dtype))
+        stored = kernel_variable(dense)
+        kernel = np.asarray(stored, np.float32) + (dense.lora_alpha / dense.lora_rank) * (a @ b)
+        stored.assign(kernel.astype(stored.dtype))
         del dense.lora_kernel_a, dense.lora_kernel_b  # Keras untracks deleted variables
         dense.lora_enabled, dense.lora_rank = False, None
     for v in model.variables:

@@ -20,6 +20,7 @@ import re
 import numpy as np
 
 from gpt2_tf.core import hub
+from gpt2_tf.core.compat import hub_decoder_parts, kernel_variable
 from gpt2_tf.model.config import GPT2Config
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,8 @@ def name_table(model) -> list[tuple[str, object, str]]:
 
 
 def _variable(layer, attr):
-    # With LoRA on, `Dense.kernel` is the merged view; the stored variable is `_kernel`.
-    return layer._kernel if attr == "kernel" else getattr(layer, attr)
+    # With LoRA on, `Dense.kernel` is the merged view; the stored variable is another.
+    return kernel_variable(layer) if attr == "kernel" else getattr(layer, attr)
 
 
 def _to_hf(name, value):
@@ -206,7 +207,8 @@ def read_keras_hub(folder: str):
         "ln_f.bias": npy(kh.layer_norm.beta),
     }
     for i, layer in enumerate(kh.transformer_layers):
-        att, p = layer._self_attention_layer, f"h.{i}"
+        parts, p = hub_decoder_parts(layer), f"h.{i}"
+        att = parts["attn"]
         qkv = (att.query_dense, att.key_dense, att.value_dense)  # kernels [E, H, D], biases [H, D]
         state[f"{p}.attn.c_attn.weight"] = np.concatenate(
             [npy(d.kernel).reshape(e, e) for d in qkv], 1
@@ -214,13 +216,11 @@ def read_keras_hub(folder: str):
         state[f"{p}.attn.c_attn.bias"] = np.concatenate([npy(d.bias).reshape(e) for d in qkv])
         state[f"{p}.attn.c_proj.weight"] = npy(att.output_dense.kernel).reshape(e, e)  # [H, D, E]
         state[f"{p}.attn.c_proj.bias"] = npy(att.output_dense.bias)
-        pairs = {"ln_1": layer._self_attention_layer_norm, "ln_2": layer._feedforward_layer_norm}
-        for name, ln in pairs.items():
+        for name in ("ln_1", "ln_2"):
+            ln = parts[name]
             state[f"{p}.{name}.weight"], state[f"{p}.{name}.bias"] = npy(ln.gamma), npy(ln.beta)
-        for name, d in (
-            ("c_fc", layer._feedforward_intermediate_dense),
-            ("c_proj", layer._feedforward_output_dense),
-        ):
+        for name in ("c_fc", "c_proj"):
+            d = parts[name]
             state[f"{p}.mlp.{name}.weight"], state[f"{p}.mlp.{name}.bias"] = (
                 npy(d.kernel),
                 npy(d.bias),

@@ -17,6 +17,8 @@ import math
 import keras
 import tensorflow as tf
 
+from gpt2_tf.core.compat import adam_slots, uses_weight_decay
+
 SCHEDULES = ("constant", "linear", "cosine")
 NO_DECAY = ["bias", "gamma", "beta", "embeddings"]  # substrings of Keras variable names
 
@@ -96,12 +98,11 @@ class PreReducedAdamW(keras.optimizers.AdamW):
             self._update(gradient, variable, var, learning_rate)
 
     def _update(self, gradient, variable, var, learning_rate):
-        if self.weight_decay and self._use_weight_decay(variable):
+        if self.weight_decay and uses_weight_decay(self, variable):
             self._decay(var, learning_rate)
         if self.amsgrad or not hasattr(var, "handle") or var.dtype != tf.float32:
             return super().update_step(gradient, variable, learning_rate)  # Keras's own ops
-        i = self._get_variable_index(variable)
-        m, v = self._momentums[i].value, self._velocities[i].value
+        m, v = (slot.value for slot in adam_slots(self, variable))
         step = tf.cast(self.iterations + 1, tf.float32)
         beta1, beta2 = tf.constant(self.beta_1, tf.float32), tf.constant(self.beta_2, tf.float32)
         self._previous = tf.raw_ops.ResourceApplyAdam(

@@ -1,0 +1,56 @@
+"""Every private Keras (and keras-hub) attribute gpt2_tf reaches, in one place.
+
+Each accessor names the private thing it touches and why. `tests/test_compat.py` checks them all
+on the installed Keras, and setup.cfg pins Keras to the minor version they were written against:
+a new Keras that moves one of these fails there, not deep inside a training step.
+
+Two more private hooks are method overrides, not reads, in `train/optim.py`'s PreReducedAdamW:
+`Optimizer._all_reduce_sum_gradients` and `_apply_weight_decay` (the test checks they still exist).
+"""
+
+from __future__ import annotations
+
+
+def kernel_variable(dense):
+    """`Dense._kernel`: the stored kernel variable; with LoRA on, `Dense.kernel` is the merged
+    W + A·B view, and merging, saving and the speed path need the variable itself."""
+    return dense._kernel
+
+
+def no_autocast():
+    """`keras.src.backend.AutocastScope(None)`: a scope where a float32 variable's `.value` is
+    not cast to the compute dtype (the speed path casts it itself; see `recast_matmul`)."""
+    import keras
+
+    return keras.src.backend.AutocastScope(None)
+
+
+def adam_slots(optimizer, variable):
+    """(`_momentums[i]`, `_velocities[i]`) of a Keras Adam/AdamW for `variable`, found by
+    `_get_variable_index`: the fused `ResourceApplyAdam` update writes these slots directly."""
+    i = optimizer._get_variable_index(variable)
+    return optimizer._momentums[i], optimizer._velocities[i]
+
+
+def uses_weight_decay(optimizer, variable) -> bool:
+    """`Optimizer._use_weight_decay(variable)`: whether `exclude_from_weight_decay` spares it,
+    asked by the fused update that applies the decay itself."""
+    return bool(optimizer._use_weight_decay(variable))
+
+
+def loss_scale(optimizer, default=1.0):
+    """`LossScaleOptimizer.dynamic_scale` (an undocumented attribute), or `default` for any other
+    optimizer: a float16 step reads it to tell whether the step was skipped."""
+    return getattr(optimizer, "dynamic_scale", default)
+
+
+def hub_decoder_parts(layer) -> dict:
+    """A keras-hub `TransformerDecoder`'s private sublayers (`_self_attention_layer`, its two
+    LayerNorms and two feed-forward Denses), to read a keras-hub GPT-2 preset's weights."""
+    return {
+        "attn": layer._self_attention_layer,
+        "ln_1": layer._self_attention_layer_norm,
+        "ln_2": layer._feedforward_layer_norm,
+        "c_fc": layer._feedforward_intermediate_dense,
+        "c_proj": layer._feedforward_output_dense,
+    }
