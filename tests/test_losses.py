@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from gpt2_tf.model import losses
+from gpt2_tf.model.speed import fused_head
 
 
 def _inputs(dtype, n=37, e=16, v=301, seed=0):
@@ -29,7 +30,7 @@ def _reference(hidden, table, labels, weights):
 def _fused(hidden, table, labels, weights, chunk_rows, table_grad=True, **kwargs):
     with tf.GradientTape() as tape:
         tape.watch([hidden, table])
-        sums = losses.tied_head_sums(
+        sums = fused_head.tied_head_sums(
             hidden, table, labels, weights, table_grad=table_grad, chunk_rows=chunk_rows, **kwargs
         )
         loss = sums[0] * 3.0
@@ -65,7 +66,7 @@ def test_fused_head_bfloat16_and_frozen_table(vocab_split):
 def test_eval_path_matches_and_large_losses_stay_finite():
     hidden, table, labels, weights = _inputs(tf.float32)
     hidden = hidden * 200.0  # NLLs in the thousands: exp would underflow a plain softmax
-    got = losses.tied_head_sums(hidden, table, labels, weights, training=False, chunk_rows=7)
+    got = fused_head.tied_head_sums(hidden, table, labels, weights, training=False, chunk_rows=7)
     want = _reference(hidden, table, labels, weights)[0]
     assert np.isfinite(float(got[0])) and float(got[0]) > 1000
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5)

@@ -141,10 +141,10 @@ def test_keras_serialization_round_trip(lm, tmp_path):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_gelu_is_tf_gelu_with_its_gradient(dtype):
-    """layers.gelu: the same values as tf.nn.gelu(approximate=True), and autodiff's gradient."""
+    """speed.gradients.gelu: the values of tf.nn.gelu(approximate=True), autodiff's gradient."""
     import tensorflow as tf
 
-    from gpt2_tf.model.layers import gelu
+    from gpt2_tf.model.speed.gradients import gelu
 
     x = tf.cast(tf.constant(np.linspace(-8, 8, 4001), tf.float32), dtype)
     dy = tf.cast(tf.constant(np.random.default_rng(0).normal(size=4001), tf.float32), dtype)
@@ -177,11 +177,11 @@ def _exact_gelu(x, dy):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_training_gelu_matches_the_exact_gelu_and_gradient(dtype):
-    """layers.training_gelu (XLA, float32 inside): values and gradient within the dtype's
+    """speed.gradients.training_gelu (XLA, float32 inside): values and gradient within the dtype's
     rounding of the exact float64 ones, and no further from them than `gelu`'s."""
     import tensorflow as tf
 
-    from gpt2_tf.model.layers import gelu, training_gelu
+    from gpt2_tf.model.speed.gradients import gelu, training_gelu
 
     x = tf.cast(tf.constant(np.linspace(-8, 8, 4001), tf.float32), dtype)
     dy = tf.cast(tf.constant(np.random.default_rng(0).normal(size=4001), tf.float32), dtype)
@@ -204,11 +204,15 @@ def test_training_gelu_matches_the_exact_gelu_and_gradient(dtype):
 
 @pytest.mark.parametrize("dtype,rate", [("float32", 0.0), ("float32", 0.3), ("bfloat16", 0.0)])
 def test_recomputed_attention_equals_autodiff(dtype, rate):
-    """layers.recomputed_attention: the forward pass of softmax_attention, and the gradients
+    """gradients.recomputed_attention: the forward pass of softmax_attention, and the gradients
     autodiff gives it, with a left-padded row (a query with every key masked) and dropout."""
     import tensorflow as tf
 
-    from gpt2_tf.model.layers import attention_mask, recomputed_attention, softmax_attention
+    from gpt2_tf.model.layers import MASK_VALUE, attention_mask, softmax_attention
+    from gpt2_tf.model.speed.gradients import recomputed_attention as recomputed
+
+    def recomputed_attention(q, k, v, mask, rate, seed):
+        return recomputed(q, k, v, mask, MASK_VALUE, rate, seed)
 
     rng = np.random.default_rng(0)
     q, k, v, d_out = (
@@ -269,11 +273,11 @@ def _recast_case():
 
 
 def test_recast_matmul_same_outputs_and_gradients_as_autodiff():
-    """layers.recast_matmul (mixed precision, training) gives the output and both gradients of
+    """gradients.recast_matmul (mixed precision, training) gives the output and both gradients of
     autodiff through x @ cast(kernel), bit for bit; a frozen kernel (LoRA) gets no gradient."""
     import tensorflow as tf
 
-    from gpt2_tf.model.layers import recast_matmul
+    from gpt2_tf.model.speed.gradients import recast_matmul
 
     plain, step, x, kernels = _recast_case()
     recast = step(recast_matmul)
@@ -337,7 +341,7 @@ def test_recast_matmul_keeps_no_kernel_copies_for_the_backward_pass():
     Checked in the optimized graph, the same on every machine; TensorFlow's CPU allocator
     statistics (oneDNN's BFC allocator only) gave 6-20 MB of margin run to run, too noisy to
     assert on: the executor may run all the forward casts before the first product."""
-    from gpt2_tf.model.layers import recast_matmul
+    from gpt2_tf.model.speed.gradients import recast_matmul
 
     plain, step, _, _ = _recast_case()
     assert _kernel_cast_consumers(_grappler_optimized(plain)) == [2] * 16

@@ -13,8 +13,10 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from gpt2_tf.model import speed
 from gpt2_tf.model.config import GPT2Config
-from gpt2_tf.model.layers import Block, attention_mask, project
+from gpt2_tf.model.layers import Block, attention_mask
+from gpt2_tf.model.speed import decoding
 
 
 def as_config(config) -> GPT2Config:
@@ -87,48 +89,40 @@ class GPT2Backbone(keras.Model):
         return self.ln_f(x)
 
     # ---- incremental decoding -----------------------------------------------------------------
+    # The speed path (`speed.decoding`) has the same methods' results through its own kernels.
     def init_cache(self, batch_size: int, max_length: int):
-        """Per layer a (keys, values) pair of [B, H, S, D] buffers, zeroed. `call_with_cache`
-        writes into them in place, so each call makes fresh ones: `Empty` is never constant
-        folded or merged with a like op, where `zeros` could become one shared constant."""
+        """Per layer a (keys, values) pair of [B, H, S, D] buffers, zeroed."""
+        if speed.enabled():
+            return decoding.init_cache(self, batch_size, max_length)
         c = self.config
         shape = tf.stack([batch_size, c.n_head, max_length, c.head_dim])
-        dtype = tf.as_dtype(self.compute_dtype)
         return tuple(
-            tuple(tf.raw_ops.Empty(shape=shape, dtype=dtype, init=True) for _ in "kv")
-            for _ in range(c.n_layer)
+            tuple(tf.zeros(shape, self.compute_dtype) for _ in "kv") for _ in range(c.n_layer)
         )
 
     def decoding_kernels(self):
-        """Per block, its Dense kernels transposed to [out, in] (LoRA merged in): made once per
-        decoding call, outside the loop, for `call_with_cache`. They hold a copy of the block
-        weights (340 MB at 124M, float32) while decoding runs."""
-        return tuple(block.decoding_kernels() for block in self.blocks)
+        """What `call_with_cache` needs made once per decoding call, outside the loop: the speed
+        path's transposed kernels, nothing for the plain one."""
+        return decoding.kernels(self) if speed.enabled() else None
 
     def call_with_cache(self, token_ids, padding_mask, cache, index, kernels=None):
         """Runs `token_ids` [B, t] as cache slots index..index+t-1 -> (hidden [B, t, E], cache).
-        The returned cache shares the given one's buffers, updated in place (see `init_cache`).
 
         `padding_mask` [B, S] covers every slot of the cache: 1 for a real token already written
         or being written now (prompt or generated), 0 for padding. `kernels` is
         `decoding_kernels()`, made here when not given.
         """
-        kernels = self.decoding_kernels() if kernels is None else kernels
-        t, s = ops.shape(token_ids)[1], ops.shape(padding_mask)[1]
-        positions = ops.slice(
-            positions_from_mask(padding_mask), (0, index), (ops.shape(token_ids)[0], t)
-        )
-        b = ops.shape(token_ids)[0]
-        x = tf.reshape(self.embed(token_ids, positions), (-1, self.config.n_embd))  # [B * t, E]
+        b, t, s = ops.shape(token_ids)[0], ops.shape(token_ids)[1], ops.shape(padding_mask)[1]
+        positions = ops.slice(positions_from_mask(padding_mask), (0, index), (b, t))
+        x = self.embed(token_ids, positions)  # [B, t, E]
         mask = attention_mask(padding_mask, t, s, query_offset=index)
-        # The cache rows written now, with each [B, H, S, D] buffer seen as [B * H * S, D]
-        heads = tf.range(b * self.config.n_head)[:, None] * s  # [B * H, 1]
-        slots = tf.reshape(heads + tf.range(t)[None, :] + index, (-1,))  # [B * H * t]
+        if speed.enabled():
+            return decoding.call_with_cache(self, x, mask, cache, index, kernels)
         new_cache = []
-        for block, layer_cache, block_kernels in zip(self.blocks, cache, kernels):
-            x, layer_cache = block.call_with_cache(x, mask, layer_cache, slots, b, t, block_kernels)
+        for block, layer_cache in zip(self.blocks, cache):
+            x, layer_cache = block.call_with_cache(x, mask, layer_cache, index)
             new_cache.append(layer_cache)
-        return tf.reshape(self.ln_f(x), (b, t, self.config.n_embd)), tuple(new_cache)
+        return self.ln_f(x), tuple(new_cache)
 
     def get_config(self):
         return {
@@ -199,10 +193,11 @@ class GPT2LanguageModel(_WithBackbone):
         return ops.cast(out, "float32")  # [..., V]
 
     def step_logits(self, hidden):
-        """[B, E] -> float32 [B, V] for a decoding step's few rows, through `layers.project`
-        (table @ hidden^T): hidden @ table^T ran at half the speed at batch 8."""
-        w = ops.cast(self.backbone.wte.embeddings, hidden.dtype)  # [V, E]: already [out, in]
-        return ops.cast(project(hidden, w), "float32")
+        """[B, E] -> float32 [B, V] for a decoding step's few rows."""
+        if speed.enabled():
+            table = self.backbone.wte.embeddings
+            return ops.cast(decoding.step_logits(hidden, table), "float32")
+        return self.logits(hidden)
 
     def call(self, inputs, training=None):
         return self.logits(self.backbone(inputs, training=training))

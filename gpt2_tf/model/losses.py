@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from gpt2_tf.model import speed
+from gpt2_tf.model.speed import fused_head
+
 
 def batch_sums(y, logits, sample_weight):
     """(NLL sum, weight sum, correct sum) in float32; LM: y [B, T], classifier: y [B].
 
     A prediction is correct when the label's logit is the largest (a tie for the top counts),
-    the rule `tied_head_sums` uses too."""
+    the rule `speed.fused_head` uses too."""
     logits = tf.cast(logits, tf.float32)
     nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)  # [B, T] or [B]
     w = tf.cast(sample_weight, tf.float32) * tf.ones_like(nll)
@@ -21,180 +24,16 @@ def batch_sums(y, logits, sample_weight):
     return tf.reduce_sum(nll * w), tf.reduce_sum(w), tf.reduce_sum(correct * w)
 
 
-# Rows of the [rows, vocab] logits the fused head holds at once: 512 x 50257 float32 is 103 MB.
-HEAD_CHUNK_ROWS = 512
-# Vocabulary slices of the bfloat16 hidden-state gradient's [N, V] @ [V, E] product (see
-# `_logit_grad_times_table`).
-HEAD_GRAD_VOCAB_SPLIT = 8192
-# Training pads the head's rows to a multiple of this (see `_head_chunks`).
-HEAD_ROW_MULTIPLE = 64
-
-
-def tied_head_sums(
-    hidden,
-    table,
-    labels,
-    weights,
-    training=True,
-    table_grad=True,
-    chunk_rows=HEAD_CHUNK_ROWS,
-    vocab_split=HEAD_GRAD_VOCAB_SPLIT,
-):
-    """`batch_sums` of the tied LM head, fused and chunked: the same sums and gradients as
-    `batch_sums(labels, hidden @ table.T, weights)` under autodiff.
-
-    hidden [N, E] (compute dtype), table [V, E] (the embedding, float32), labels [N], weights [N].
-    Why not autodiff: the [N, V] float32 logits, their softmax and their gradient would be three
-    live tensors of N x 50257 floats, and TensorFlow's `SparseSoftmaxCrossEntropyWithLogits` CPU
-    kernel takes ~300 ms for 1,024 rows where oneDNN's softmax takes ~30 ms. Here each chunk of
-    rows makes its logits, loss and logit gradient at once (the gradient of a sum of NLLs is
-    `(softmax - onehot) * weight`), so only one chunk's float32 logits ever exist; the logit
-    gradients are kept in the compute dtype and multiplied out after the loop. With `training`, the
-    backward pass then only scales the stored gradients by the incoming one; `table_grad=False`
-    (a frozen embedding, as under LoRA) skips the table's gradient and its [V, E] product.
-    """
-    hidden = tf.convert_to_tensor(hidden)
-    table = tf.convert_to_tensor(table)
-    labels = tf.cast(labels, tf.int32)
-    weights = tf.cast(weights, tf.float32)
-    if not training:
-        return _head_chunks(hidden, table, labels, weights, chunk_rows, False, False)[:3]
-
-    @tf.custom_gradient
-    def fused(h, t):
-        nll, count, correct, dh, dt = _head_chunks(
-            h, t, labels, weights, chunk_rows, True, table_grad, vocab_split
-        )
-
-        def grad(d_nll, d_count, d_correct):
-            return dh * tf.cast(d_nll, dh.dtype), dt * d_nll if table_grad else None
-
-        return (nll, count, correct), grad
-
-    return fused(hidden, table)
-
-
-def _head_chunks(
-    hidden,
-    table,
-    labels,
-    weights,
-    chunk_rows,
-    hidden_grad,
-    table_grad,
-    vocab_split=HEAD_GRAD_VOCAB_SPLIT,
-):
-    w = tf.cast(table, hidden.dtype)  # [V, E]
-    n = tf.shape(hidden)[0]
-    if hidden_grad:
-        # Zero-weight rows up to a multiple of HEAD_ROW_MULTIPLE: the XLA chunk kernel is
-        # compiled once per shape, so a varying number of target tokens makes at most
-        # chunk_rows / HEAD_ROW_MULTIPLE shapes. Padding rows get a zero logit gradient.
-        pad = -n % HEAD_ROW_MULTIPLE
-        hidden = tf.pad(hidden, [[0, pad], [0, 0]])
-        labels, weights = tf.pad(labels, [[0, pad]]), tf.pad(weights, [[0, pad]])
-    rows_total = tf.shape(hidden)[0]
-    chunks = (rows_total + chunk_rows - 1) // chunk_rows
-    zero = tf.constant(0.0)
-    # The chunks' logit gradients, [rows, V] in the compute dtype: both products with them run
-    # once after the loop, over all rows. The table's gradient is then one [V, E] product with
-    # no float32 running sum (three [V, E] float32 buffers live at once) to add each chunk to.
-    g_rows = tf.TensorArray(hidden.dtype, size=chunks, infer_shape=False)
-
-    def body(i, nll_sum, correct_sum, g_rows):
-        start = i * chunk_rows
-        size = tf.minimum(chunk_rows, rows_total - start)
-        h = tf.slice(hidden, [start, 0], [size, -1])
-        y = tf.slice(labels, [start], [size])
-        wt = tf.slice(weights, [start], [size])
-        logits = tf.matmul(h, w, transpose_b=True)  # [c, V], compute dtype
-        if hidden_grad:
-            nll, correct, g = _chunk_nll_and_grad(logits, y, wt)
-            return i + 1, nll_sum + nll, correct_sum + correct, g_rows.write(i, g)
-        logits = tf.cast(logits, tf.float32)
-        top = tf.reduce_max(logits, -1)
-        probs = tf.nn.softmax(logits)  # oneDNN's fused kernel
-        # log-sum-exp from the top probability, which is >= 1/V and so never underflows.
-        lse = top - tf.math.log(tf.reduce_max(probs, -1))
-        nll, correct = _nll_and_correct(logits, top, lse, y, wt)
-        return i + 1, nll_sum + nll, correct_sum + correct, g_rows
-
-    # One chunk at a time: with the default 10 parallel iterations, every chunk's [c, V]
-    # temporaries could be live at once, which made the chunking pointless.
-    _, nll, correct, g_rows = tf.while_loop(
-        lambda i, *_: i < chunks, body, (0, zero, zero, g_rows), parallel_iterations=1
-    )
-    count = tf.reduce_sum(weights)
-    if not hidden_grad:
-        return nll, count, correct
-    # concat() of a TensorArray without inferred shapes is of unknown rank, and tf.matmul then
-    # makes a BatchMatMulV2: oneDNN ran these two [N, V] products at 40% of MatMul's speed in
-    # bfloat16 (490 of a 3,150 ms step at 124M).
-    g = tf.ensure_shape(g_rows.concat(), [None, None])  # [N, V]
-    d_hidden = _logit_grad_times_table(g, w, vocab_split)[:n]
-    if not table_grad:
-        return nll, count, correct, d_hidden, zero
-    # After d_hidden, so the compute-dtype table copy `w` is freed before the [V, E] products.
-    with tf.control_dependencies([d_hidden]):
-        d_table = tf.cast(tf.matmul(g, hidden, transpose_a=True), tf.float32)
-    return nll, count, correct, d_hidden, d_table
-
-
-@tf.function(jit_compile=True)
-def _chunk_nll_and_grad(logits, labels, weights):
-    """One chunk's (NLL sum, correct sum, logit gradient (softmax - onehot) * weight) from its
-    [c, V] logits, in float32 inside, the gradient returned in the logits' dtype.
-
-    TensorFlow's ops here (cast, max, softmax, the weighting, the one-hot scatter, the cast
-    back) each wrote a [c, V] float32 result, four of them live at once; XLA fuses them into a
-    few loops that share one [c, V] float32 temporary. At 512 x 50,257 bfloat16 (scratch
-    microbenchmark): 85-95 -> 50-55 ms a chunk, and the chunk's temporaries about 440 -> 200 MB
-    (profiler allocation trace of a GPT-2 124M step). Two trainers alternating steps in one
-    process, median of 8: 3.37 -> 3.20 s a bfloat16 step."""
-    logits_f = tf.cast(logits, tf.float32)
-    top = tf.reduce_max(logits_f, -1)
-    e = tf.exp(logits_f - top[:, None])
-    total = tf.reduce_sum(e, -1)
-    nll, correct = _nll_and_correct(logits_f, top, top + tf.math.log(total), labels, weights)
-    onehot = tf.one_hot(labels, tf.shape(logits)[1], dtype=tf.float32)
-    g = e * (weights / total)[:, None] - onehot * weights[:, None]
-    return nll, correct, tf.cast(g, logits.dtype)
-
-
-def _nll_and_correct(logits, top, lse, labels, weights):
-    """A chunk's weighted (NLL sum, correct sum) from its float32 logits [c, V], their row
-    maxima and log-sum-exps. A tie for the top counts as correct, as in `batch_sums`."""
-    picked = tf.gather(logits, labels, batch_dims=1)
-    nll = tf.reduce_sum((lse - picked) * weights)
-    return nll, tf.reduce_sum(tf.cast(picked >= top, tf.float32) * weights)
-
-
-def _logit_grad_times_table(g, w, vocab_split):
-    """g [N, V] @ w [V, E]. In bfloat16, summed over vocabulary slices in float32: oneDNN runs
-    the one product, whose inner dimension is the whole 50,257-entry vocabulary, at 210-320
-    GFLOP/s on the AMX machine of issue 7, and slices of 8,192 at 410-425 (op time under the
-    profiler at 1,024 x 50,257 x 768: 330-380 ms as one product, about 190 ms in slices; the
-    step's other [N, V] products, with the vocabulary as an outer dimension, run at ~500).
-    Float32 gains nothing from it (170 GFLOP/s either way)."""
-    v = w.shape[0]
-    if g.dtype != tf.bfloat16 or v is None or v <= vocab_split:
-        return tf.matmul(g, w)
-    parts = [
-        tf.cast(
-            tf.matmul(g[:, start : start + vocab_split], w[start : start + vocab_split]), tf.float32
-        )
-        for start in range(0, v, vocab_split)
-    ]
-    return tf.cast(tf.add_n(parts), g.dtype)
-
-
 def lm_target_sums(model, x, y, w, training=False):
-    """`tied_head_sums` of a GPT-2 language model over its target positions (weight > 0): the
+    """`batch_sums` of a GPT-2 language model over its target positions (weight > 0): the
     [*, vocab] head runs only there. `training` is dropout and gradients both; a frozen
-    embedding (LoRA) gets no table gradient."""
+    embedding (LoRA) gets no table gradient. The speed path (`speed.fused_head`) gives the same
+    sums and gradients without the whole [N, vocab] logits."""
     keep = w > 0
     hidden = tf.boolean_mask(model.backbone(x, training=training), keep)  # [N, E]
-    table = model.backbone.wte.embeddings
-    return tied_head_sums(
-        hidden, table, y[keep], w[keep], training=training, table_grad=table.trainable
-    )
+    if speed.enabled():
+        table = model.backbone.wte.embeddings
+        return fused_head.tied_head_sums(
+            hidden, table, y[keep], w[keep], training=training, table_grad=table.trainable
+        )
+    return batch_sums(y[keep], model.logits(hidden), w[keep])

@@ -1,0 +1,54 @@
+"""The CPU speed paths, and the one switch between them and the plain GPT-2 model.
+
+`gpt2_tf/model/layers.py`, `gpt2.py` and `losses.py` hold the plain model: autodiff through the
+layers, the LM loss from `hidden @ table.T`, a straightforward KV cache. When `enabled()`, the
+same computations run through the modules here instead, with the same results (checked by
+`tests/test_speed_paths.py`):
+
+- `gradients`: custom-gradient training kernels (tanh-GELU, XLA training GELU, attention that
+  recomputes its probabilities, `recast_matmul`, the LoRA Dense's factored forward pass);
+- `decoding`: the KV-cache decoding kernels (transposed-kernel products, in-place cache writes);
+- `fused_head`: the fused, chunked tied LM head loss (`tied_head_sums`).
+
+Set `GPT2_TF_PLAIN=1` to run the plain path. It is read each time a model function runs or is
+traced (a compiled function keeps the path it was traced with), not at import.
+
+What each path bought, as measured (GPT-2 124M on CPU unless said; "a step" is a training step
+at batch 4 x 256, two trainers alternating steps in one process, median of 8):
+
+- `gelu`'s own gradient: autodiff through `tf.nn.gelu` keeps three more [tokens, 4E] tensors per
+  block (12.6 MB each, float32); peak RSS of a step -200 MB, its CPU time -4%.
+- `training_gelu` (XLA, float32 inside): op time at [1,024, 3,072] bfloat16, forward 11.5-14 ->
+  8 ms, gradient 20-22 -> 9 ms (XLA's own bfloat16 arithmetic was slower: 19 and 33 ms). A step:
+  bfloat16 3.44 -> 3.04 s, LoRA bfloat16 2.57 -> 2.20 s, float32 6.53 -> 6.12 s.
+- `recomputed_attention`: autodiff keeps each layer's float32 softmax and its bfloat16 copy,
+  12.6 + 6.3 MB a layer, about 230 MB over 12 blocks; recomputing is under 1% of a step's FLOPs.
+- `recast_matmul`: autodiff keeps every layer's bfloat16 kernel copy between the passes, 162 MB
+  at the step's allocation peak; peak RSS of `make bench` 3,727-3,733 -> 3,605-3,653 MB, for a
+  bfloat16 step of 3.22 -> 3.27 s.
+- The LoRA Dense's x·W + s·(x·A)·B: Keras's merged kernel costs a full [in, out] weight-gradient
+  product per layer (about 43 GFLOP a step for `c_attn` at 1,024 tokens).
+- `tied_head_sums`: autodiff keeps three [N, 50257] float32 tensors, and TensorFlow's sparse
+  cross-entropy CPU kernel takes ~300 ms for 1,024 rows where oneDNN's softmax takes ~30 ms. The
+  XLA chunk kernel: 85-95 -> 50-55 ms a 512-row bfloat16 chunk, temporaries about 440 -> 200 MB, a
+  bfloat16 step 3.37 -> 3.20 s. The hidden-state gradient in 8,192-entry vocabulary slices:
+  oneDNN ran the single product at 210-320 GFLOP/s on the AMX machine of issue 7, the slices at
+  410-425 (330-380 -> about 190 ms at 1,024 x 50,257 x 768); a rank-unknown BatchMatMulV2 ran at
+  40% of MatMul's speed (490 of a 3,150 ms step).
+- Decoding: products as kernel_t @ x^T took 24% less block MatMul time per token at batch 1, and
+  batch 8 went from about 80 to about 100 new tokens/s; keeping c_attn's and c_fc's outputs
+  transposed saved transposes that were about 10% of a batch-8 step's op time; in-place cache
+  writes saved a per-step copy of each layer cache (14% of a batch-8 step's op time); the LM
+  head as table @ hidden^T ran at twice the speed of hidden @ table^T at batch 8.
+"""
+
+from __future__ import annotations
+
+import os
+
+PLAIN_ENV = "GPT2_TF_PLAIN"
+
+
+def enabled() -> bool:
+    """Whether the speed paths run: unless the environment sets GPT2_TF_PLAIN to 1 (or true)."""
+    return os.environ.get(PLAIN_ENV, "").strip().lower() not in ("1", "true", "yes")

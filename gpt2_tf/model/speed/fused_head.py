@@ -1,0 +1,161 @@
+"""The fused, chunked tied LM head loss: `tied_head_sums` gives the sums and gradients of
+`losses.batch_sums(labels, hidden @ table.T, weights)` without the [N, vocab] float32 logits,
+their softmax and their gradient all live at once (figures in `speed/__init__.py`)."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+# Rows of the [rows, vocab] logits the fused head holds at once: 512 x 50257 float32 is 103 MB.
+HEAD_CHUNK_ROWS = 512
+# Vocabulary slices of the bfloat16 hidden-state gradient's [N, V] @ [V, E] product (see
+# `_logit_grad_times_table`).
+HEAD_GRAD_VOCAB_SPLIT = 8192
+# Training pads the head's rows to a multiple of this (see `_head_chunks`).
+HEAD_ROW_MULTIPLE = 64
+
+
+def tied_head_sums(
+    hidden,
+    table,
+    labels,
+    weights,
+    training=True,
+    table_grad=True,
+    chunk_rows=HEAD_CHUNK_ROWS,
+    vocab_split=HEAD_GRAD_VOCAB_SPLIT,
+):
+    """`batch_sums` of the tied LM head, fused and chunked: the same sums and gradients as
+    `batch_sums(labels, hidden @ table.T, weights)` under autodiff.
+
+    hidden [N, E] (compute dtype), table [V, E] (the embedding, float32), labels [N], weights [N].
+    Each chunk of rows makes its logits, loss and logit gradient at once (the gradient of a sum of
+    NLLs is `(softmax - onehot) * weight`), so only one chunk's float32 logits ever exist; the
+    logit gradients are kept in the compute dtype and multiplied out after the loop. With
+    `training`, the backward pass then only scales the stored gradients by the incoming one;
+    `table_grad=False` (a frozen embedding, as under LoRA) skips the table's gradient and its
+    [V, E] product.
+    """
+    hidden = tf.convert_to_tensor(hidden)
+    table = tf.convert_to_tensor(table)
+    labels = tf.cast(labels, tf.int32)
+    weights = tf.cast(weights, tf.float32)
+    if not training:
+        return _head_chunks(hidden, table, labels, weights, chunk_rows, False, False)[:3]
+
+    @tf.custom_gradient
+    def fused(h, t):
+        nll, count, correct, dh, dt = _head_chunks(
+            h, t, labels, weights, chunk_rows, True, table_grad, vocab_split
+        )
+
+        def grad(d_nll, d_count, d_correct):
+            return dh * tf.cast(d_nll, dh.dtype), dt * d_nll if table_grad else None
+
+        return (nll, count, correct), grad
+
+    return fused(hidden, table)
+
+
+def _head_chunks(
+    hidden,
+    table,
+    labels,
+    weights,
+    chunk_rows,
+    hidden_grad,
+    table_grad,
+    vocab_split=HEAD_GRAD_VOCAB_SPLIT,
+):
+    w = tf.cast(table, hidden.dtype)  # [V, E]
+    n = tf.shape(hidden)[0]
+    if hidden_grad:
+        # Zero-weight rows up to a multiple of HEAD_ROW_MULTIPLE: the XLA chunk kernel is
+        # compiled once per shape, so a varying number of target tokens makes at most
+        # chunk_rows / HEAD_ROW_MULTIPLE shapes. Padding rows get a zero logit gradient.
+        pad = -n % HEAD_ROW_MULTIPLE
+        hidden = tf.pad(hidden, [[0, pad], [0, 0]])
+        labels, weights = tf.pad(labels, [[0, pad]]), tf.pad(weights, [[0, pad]])
+    rows_total = tf.shape(hidden)[0]
+    chunks = (rows_total + chunk_rows - 1) // chunk_rows
+    zero = tf.constant(0.0)
+    # The chunks' logit gradients, [rows, V] in the compute dtype: both products with them run
+    # once after the loop, over all rows. The table's gradient is then one [V, E] product with
+    # no float32 running sum (three [V, E] float32 buffers live at once) to add each chunk to.
+    g_rows = tf.TensorArray(hidden.dtype, size=chunks, infer_shape=False)
+
+    def body(i, nll_sum, correct_sum, g_rows):
+        start = i * chunk_rows
+        size = tf.minimum(chunk_rows, rows_total - start)
+        h = tf.slice(hidden, [start, 0], [size, -1])
+        y = tf.slice(labels, [start], [size])
+        wt = tf.slice(weights, [start], [size])
+        logits = tf.matmul(h, w, transpose_b=True)  # [c, V], compute dtype
+        if hidden_grad:
+            nll, correct, g = _chunk_nll_and_grad(logits, y, wt)
+            return i + 1, nll_sum + nll, correct_sum + correct, g_rows.write(i, g)
+        logits = tf.cast(logits, tf.float32)
+        top = tf.reduce_max(logits, -1)
+        probs = tf.nn.softmax(logits)  # oneDNN's fused kernel
+        # log-sum-exp from the top probability, which is >= 1/V and so never underflows.
+        lse = top - tf.math.log(tf.reduce_max(probs, -1))
+        nll, correct = _nll_and_correct(logits, top, lse, y, wt)
+        return i + 1, nll_sum + nll, correct_sum + correct, g_rows
+
+    # One chunk at a time: with the default 10 parallel iterations, every chunk's [c, V]
+    # temporaries could be live at once, which made the chunking pointless.
+    _, nll, correct, g_rows = tf.while_loop(
+        lambda i, *_: i < chunks, body, (0, zero, zero, g_rows), parallel_iterations=1
+    )
+    count = tf.reduce_sum(weights)
+    if not hidden_grad:
+        return nll, count, correct
+    # concat() of a TensorArray without inferred shapes is of unknown rank, and tf.matmul then
+    # makes a BatchMatMulV2, which oneDNN runs far slower than MatMul in bfloat16.
+    g = tf.ensure_shape(g_rows.concat(), [None, None])  # [N, V]
+    d_hidden = _logit_grad_times_table(g, w, vocab_split)[:n]
+    if not table_grad:
+        return nll, count, correct, d_hidden, zero
+    # After d_hidden, so the compute-dtype table copy `w` is freed before the [V, E] products.
+    with tf.control_dependencies([d_hidden]):
+        d_table = tf.cast(tf.matmul(g, hidden, transpose_a=True), tf.float32)
+    return nll, count, correct, d_hidden, d_table
+
+
+@tf.function(jit_compile=True)
+def _chunk_nll_and_grad(logits, labels, weights):
+    """One chunk's (NLL sum, correct sum, logit gradient (softmax - onehot) * weight) from its
+    [c, V] logits, in float32 inside, the gradient returned in the logits' dtype. XLA fuses what
+    would be four live [c, V] float32 results in TensorFlow into loops sharing one temporary."""
+    logits_f = tf.cast(logits, tf.float32)
+    top = tf.reduce_max(logits_f, -1)
+    e = tf.exp(logits_f - top[:, None])
+    total = tf.reduce_sum(e, -1)
+    nll, correct = _nll_and_correct(logits_f, top, top + tf.math.log(total), labels, weights)
+    onehot = tf.one_hot(labels, tf.shape(logits)[1], dtype=tf.float32)
+    g = e * (weights / total)[:, None] - onehot * weights[:, None]
+    return nll, correct, tf.cast(g, logits.dtype)
+
+
+def _nll_and_correct(logits, top, lse, labels, weights):
+    """A chunk's weighted (NLL sum, correct sum) from its float32 logits [c, V], their row
+    maxima and log-sum-exps. A tie for the top counts as correct, as in `batch_sums`."""
+    picked = tf.gather(logits, labels, batch_dims=1)
+    nll = tf.reduce_sum((lse - picked) * weights)
+    return nll, tf.reduce_sum(tf.cast(picked >= top, tf.float32) * weights)
+
+
+def _logit_grad_times_table(g, w, vocab_split):
+    """g [N, V] @ w [V, E]. In bfloat16, summed over vocabulary slices in float32: oneDNN runs a
+    product whose inner dimension is the whole vocabulary much slower than slices of it.
+    Float32 gains nothing from it."""
+    v = w.shape[0]
+    if g.dtype != tf.bfloat16 or v is None or v <= vocab_split:
+        return tf.matmul(g, w)
+    parts = [
+        tf.cast(
+            tf.matmul(g[:, start : start + vocab_split], w[start : start + vocab_split]), tf.float32
+        )
+        for start in range(0, v, vocab_split)
+    ]
+    return tf.cast(tf.add_n(parts), g.dtype)

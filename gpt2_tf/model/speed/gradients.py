@@ -1,0 +1,154 @@
+"""Training kernels with their own gradients: same values and gradients as autodiff through the
+plain layers, fewer tensors kept between the passes (figures in `speed/__init__.py`)."""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+from keras import ops
+
+from gpt2_tf.core.compat import kernel_variable, no_autocast
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+_GELU_A = 0.044715
+
+
+@tf.custom_gradient
+def gelu(x):
+    """`tf.nn.gelu(approximate=True)`, op for op; the gradient recomputes the tanh from `x`."""
+
+    def grad(dy):
+        return _gelu_grad_math(x, dy)
+
+    return tf.nn.gelu(x, approximate=True), grad
+
+
+def _gelu_grad_math(x, dy):
+    x2 = x * x
+    t = tf.tanh(x * (_GELU_C + _GELU_C * _GELU_A * x2))
+    slope = (0.5 * x) * (1.0 - t * t) * (_GELU_C + 3.0 * _GELU_C * _GELU_A * x2)
+    return dy * (0.5 * (1.0 + t) + slope)
+
+
+@tf.function(jit_compile=True)
+def _fused_gelu(x):
+    return tf.cast(tf.nn.gelu(tf.cast(x, tf.float32), approximate=True), x.dtype)
+
+
+@tf.function(jit_compile=True)
+def _fused_gelu_grad(x, dy):
+    return tf.cast(_gelu_grad_math(tf.cast(x, tf.float32), tf.cast(dy, tf.float32)), dy.dtype)
+
+
+@tf.custom_gradient
+def training_gelu(x):
+    """`gelu` for training: forward and gradient each one XLA-compiled loop, in float32 whatever
+    the input dtype. Inference and decoding keep `gelu`, so an exported SavedModel needs no XLA."""
+
+    def grad(dy):
+        return _fused_gelu_grad(x, dy)
+
+    return _fused_gelu(x), grad
+
+
+def dense_applies(dense, training) -> bool:
+    """Whether `dense_call` replaces Keras's Dense call: LoRA on, or mixed-precision training."""
+    recast = training and dense.variable_dtype != dense.compute_dtype
+    return dense.quantization_mode is None and bool(dense.lora_enabled or recast)
+
+
+def dense_call(dense, inputs, training=None):
+    """Keras's Dense with x·W + (alpha/r)·(x·A)·B for LoRA (the frozen kernel gets no gradient;
+    A and B get theirs from [N, r]-sized products), and `recast_matmul` for the kernel product in
+    mixed-precision training."""
+    kernel = kernel_variable(dense)
+    recast = training and dense.variable_dtype != dense.compute_dtype
+    x = recast_matmul(inputs, kernel) if recast else ops.matmul(inputs, kernel)
+    if dense.lora_enabled:
+        scale = ops.cast(dense.lora_alpha / dense.lora_rank, dense.compute_dtype)
+        x = x + ops.matmul(ops.matmul(inputs, dense.lora_kernel_a) * scale, dense.lora_kernel_b)
+    if dense.bias is not None:
+        x = ops.add(x, dense.bias)
+    if dense.activation is not None:
+        x = dense.activation(x)
+    return x
+
+
+def recast_matmul(x, kernel):
+    """x [..., in] (compute dtype) @ kernel [in, out] (a float32 variable) under mixed precision,
+    casting the kernel again in the backward pass instead of keeping the forward pass's copy.
+    A frozen kernel (LoRA) gets no gradient product."""
+    # Under an autocast scope `kernel.value` would be the cast, which autodiff keeps.
+    with no_autocast():
+        table = tf.convert_to_tensor(kernel.value)
+    trainable = kernel.trainable
+
+    @tf.custom_gradient
+    def product(x, table):
+        shape = tf.shape(x)
+        x2 = tf.reshape(x, (-1, shape[-1]))
+
+        def grad(dy):
+            dy2 = tf.reshape(dy, (-1, tf.shape(dy)[-1]))
+            # Ordered after dy, so Grappler cannot merge it with the forward cast (the same op
+            # on the same input), which would keep that one alive again.
+            with tf.control_dependencies([dy]):
+                w = tf.cast(table, dy.dtype)
+            dx = tf.reshape(tf.matmul(dy2, w, transpose_b=True), shape)
+            if not trainable:
+                return dx, None
+            return dx, tf.cast(tf.matmul(x2, dy2, transpose_a=True), table.dtype)
+
+        y = tf.reshape(
+            tf.matmul(x2, tf.cast(table, x.dtype)), tf.concat([shape[:-1], tf.shape(table)[1:]], 0)
+        )
+        y.set_shape(x.shape[:-1].concatenate(table.shape[1:]))
+        return y, grad
+
+    return product(x, table)
+
+
+def _softmax_attention(q, k, v, mask, mask_value, rate, seed):
+    """The plain `layers.softmax_attention`, op for op, also returning what the backward pass
+    needs: (out, q scaled, float32 probabilities, the probabilities v is multiplied by)."""
+    q = q * tf.cast(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+    scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32)  # [B, H, Tq, Tk]
+    probs32 = tf.nn.softmax(tf.where(mask, scores, mask_value))
+    probs = tf.cast(probs32, q.dtype)
+    if rate > 0:
+        probs = tf.nn.experimental.stateless_dropout(probs, rate=rate, seed=seed)
+    return tf.matmul(probs, v), q, probs32, probs
+
+
+def recomputed_attention(q, k, v, mask, mask_value, rate=0.0, seed=None):
+    """`layers.softmax_attention` whose backward pass recomputes the [B, H, T, T] probabilities
+    from q and k instead of keeping them; dropout's mask is recomputed from the same stateless
+    seed. `mask_value` is the plain layer's `MASK_VALUE`."""
+
+    @tf.custom_gradient
+    def attend(q, k, v):
+        out = _softmax_attention(q, k, v, mask, mask_value, rate, seed)[0]
+
+        def grad(d_out):
+            # The dependency on d_out keeps Grappler from merging the recomputation with the
+            # forward pass's identical ops (which would keep their outputs alive after all).
+            with tf.control_dependencies([d_out]):
+                q_again = tf.identity(q)
+            _, q_scaled, probs32, probs = _softmax_attention(
+                q_again, k, v, mask, mask_value, rate, seed
+            )
+            d_v = tf.matmul(probs, d_out, transpose_a=True)
+            d_probs = tf.matmul(d_out, v, transpose_b=True)
+            if rate > 0:  # dropout's gradient is dropout with the same mask
+                d_probs = tf.nn.experimental.stateless_dropout(d_probs, rate=rate, seed=seed)
+            d_probs = tf.cast(d_probs, tf.float32)
+            # The softmax's gradient (TensorFlow's SoftmaxGrad); masked scores get none.
+            d_scores = probs32 * (d_probs - tf.reduce_sum(d_probs * probs32, -1, keepdims=True))
+            d_scores = tf.cast(tf.where(mask, d_scores, 0.0), q.dtype)
+            d_q = tf.matmul(d_scores, k) * tf.cast(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+            return d_q, tf.matmul(d_scores, q_scaled, transpose_a=True), d_v
+
+        return out, grad
+
+    return attend(q, k, v)

@@ -1,0 +1,178 @@
+"""The speed paths (`gpt2_tf/model/speed/`) against the plain GPT-2 they replace: with
+GPT2_TF_PLAIN=1 and without, a tiny float32 model gives the same logits, LM losses, gradients and
+greedy tokens. The last tests check the switch really changes the path taken."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gpt2_tf import GPT2Config, GPT2LanguageModel
+from gpt2_tf.model import losses, speed
+from gpt2_tf.model.generation import Generator
+from gpt2_tf.model.lora import enable_lora
+from gpt2_tf.model.speed import decoding, fused_head, gradients
+
+CONFIG = GPT2Config.from_preset("tiny", n_head=4, dropout=0.0)
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def _model(mode="full"):
+    keras.utils.set_random_seed(3)
+    model = GPT2LanguageModel(CONFIG)
+    if mode == "lora":
+        enable_lora(model, 4, alpha=8, targets=("c_attn", "mlp.c_proj"))
+        rng = np.random.default_rng(4)
+        for v in model.trainable_variables:  # B starts at zero: make the adapters matter
+            v.assign(rng.normal(0, 0.2, v.shape).astype("float32"))
+    elif mode == "frozen_embedding":
+        model.backbone.wte.embeddings.trainable = False
+    return model
+
+
+def _batch():
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, CONFIG.vocab_size, (3, 12)).astype("int32")
+    mask = np.ones((3, 12), "int32")
+    mask[1, 9:] = 0  # right padding
+    mask[2, :4] = 0  # left padding
+    weights = (mask * rng.choice([0.0, 1.0, 0.5], (3, 12))).astype("float32")
+    return {"token_ids": ids, "padding_mask": mask}, rng.integers(0, 50257, (3, 12)), weights
+
+
+def _with_path(monkeypatch, plain: bool, fn):
+    if plain:
+        monkeypatch.setenv(speed.PLAIN_ENV, "1")
+    else:
+        monkeypatch.delenv(speed.PLAIN_ENV, raising=False)
+    assert speed.enabled() is not plain
+    return fn()
+
+
+def test_the_switch_reads_the_environment_at_call_time(monkeypatch):
+    monkeypatch.delenv(speed.PLAIN_ENV, raising=False)
+    assert speed.enabled()
+    for value, on in (("1", False), ("true", False), ("0", True), ("", True)):
+        monkeypatch.setenv(speed.PLAIN_ENV, value)
+        assert speed.enabled() is on, value
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+@pytest.mark.parametrize("training", [False, True])
+def test_logits_match(monkeypatch, mode, training):
+    model, (x, _, _) = _model(mode), _batch()
+    fast, plain = (
+        _with_path(monkeypatch, p, lambda: np.asarray(model(x, training=training)))
+        for p in (False, True)
+    )
+    np.testing.assert_allclose(fast, plain, **TOL)
+
+
+def _sums_and_grads(model, x, y, w):
+    variables = model.trainable_variables
+    with tf.GradientTape() as tape:
+        sums = losses.lm_target_sums(model, x, tf.constant(y, tf.int32), tf.constant(w), True)
+    grads = tape.gradient(sums[0], variables)
+    return [float(s) for s in sums], [
+        None if g is None else tf.convert_to_tensor(g).numpy() for g in grads
+    ]
+
+
+@pytest.mark.parametrize("mode", ["full", "lora", "frozen_embedding"])
+def test_lm_losses_and_gradients_match(monkeypatch, mode):
+    model, (x, y, w) = _model(mode), _batch()
+    (fast_sums, fast_grads), (plain_sums, plain_grads) = (
+        _with_path(monkeypatch, p, lambda: _sums_and_grads(model, x, y, w)) for p in (False, True)
+    )
+    np.testing.assert_allclose(fast_sums, plain_sums, **TOL)
+    assert plain_sums[0] > 0 and len(fast_grads) == len(model.trainable_variables) > 0
+    names = [v.path for v in model.trainable_variables]
+    if mode == "frozen_embedding":
+        assert not any("wte" in n for n in names)
+    if mode == "lora":
+        assert all("lora" in n for n in names)
+    for name, a, b in zip(names, fast_grads, plain_grads):
+        assert a is not None and b is not None, name
+        assert np.abs(b).max() > 0, name
+        np.testing.assert_allclose(a, b, err_msg=name, **TOL)
+    # Evaluation (no gradients) too.
+    fast_eval, plain_eval = (
+        _with_path(
+            monkeypatch, p, lambda: [float(s) for s in losses.lm_target_sums(model, x, y, w)]
+        )
+        for p in (False, True)
+    )
+    np.testing.assert_allclose(fast_eval, plain_eval, **TOL)
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_greedy_tokens_match(monkeypatch, mode):
+    model = _model(mode)
+    prompts = [[464, 2068, 7586, 21831, 18045], [15496], [40, 588, 257]]
+
+    def greedy():
+        return Generator(model)(prompts, 20, sampler="greedy")
+
+    fast, plain = (_with_path(monkeypatch, p, greedy) for p in (False, True))
+    assert fast == plain and all(len(row) == 20 for row in fast)
+
+
+def test_cached_hidden_states_match(monkeypatch):
+    """The plain cache and the fast one give the same hidden states, prefill and one step."""
+    model = _model()
+    ids = np.array([[0, 464, 2068], [15496, 995, 11]], "int32")
+    mask = np.array([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]], "int32")
+
+    def run():
+        bb = model.backbone
+        cache, kernels = bb.init_cache(2, 5), bb.decoding_kernels()
+        h1, cache = bb.call_with_cache(ids, mask, cache, 0, kernels)
+        h2, _ = bb.call_with_cache(np.array([[7], [8]], "int32"), mask, cache, 3, kernels)
+        return np.asarray(h1), np.asarray(h2), np.asarray(model.step_logits(h2[:, 0]))
+
+    for a, b in zip(*(_with_path(monkeypatch, p, run) for p in (False, True))):
+        np.testing.assert_allclose(a, b, **TOL)
+
+
+def _count_calls(monkeypatch, module, name, counts):
+    real = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        counts[name] = counts.get(name, 0) + 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_the_switch_selects_the_path(monkeypatch, plain):
+    """Each speed function runs when the switch is off and never when it is on, so the
+    comparisons above compare two different paths."""
+    counts = {}
+    for module, name in (
+        (gradients, "dense_call"),
+        (gradients, "recomputed_attention"),
+        (gradients, "training_gelu"),
+        (fused_head, "tied_head_sums"),
+        (decoding, "call_with_cache"),
+        (decoding, "step_logits"),
+    ):
+        _count_calls(monkeypatch, module, name, counts)
+    model, (x, y, w) = _model("lora"), _batch()
+
+    def run():
+        _sums_and_grads(model, x, y, w)
+        Generator(model)([[464, 2068]], 2, sampler="greedy")
+
+    _with_path(monkeypatch, plain, run)
+    expected = {} if plain else {n: counts.get(n, 0) for n in counts}
+    assert counts == expected
+    if not plain:
+        assert set(counts) == {
+            "dense_call",
+            "recomputed_attention",
+            "training_gelu",
+            "tied_head_sums",
+            "call_with_cache",
+            "step_logits",
+        }, counts
