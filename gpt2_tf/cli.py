@@ -14,6 +14,9 @@ from dataclasses import MISSING
 
 from absl import flags
 
+from gpt2_tf.core import run_folder
+from gpt2_tf.core.run_folder import FINAL
+
 FLAGS = flags.FLAGS
 _TRAIN_TASK = None  # the task of the train.py that defined the training flags
 
@@ -178,7 +181,7 @@ def run_train() -> dict:
 def define_test_flags(task: str) -> None:
     from gpt2_tf.model.generation import SAMPLERS
 
-    flags.DEFINE_string("model_dir", os.path.join("runs", task, "final"), "A trained model folder.")
+    flags.DEFINE_string("model_dir", os.path.join("runs", task, FINAL), "A trained model folder.")
     flags.DEFINE_multi_string("prompt", [], "An input text (repeat the flag for more).")
     flags.DEFINE_string(
         "input_file",
@@ -222,7 +225,7 @@ def run_test() -> list[dict]:
 
 
 def define_export_flags(task: str) -> None:
-    flags.DEFINE_string("model_dir", os.path.join("runs", task, "final"), "A trained model folder.")
+    flags.DEFINE_string("model_dir", os.path.join("runs", task, FINAL), "A trained model folder.")
     flags.DEFINE_string(
         "export_dir", os.path.join("exports", task), "Versions go in <export_dir>/N."
     )
@@ -248,22 +251,24 @@ def define_eval_flags(task: str, names=None) -> None:
     define["bool"] = flags.DEFINE_boolean
     for f in dataclasses.fields(evaluate.EvalConfig):
         if names is None or f.name in names:
-            default = os.path.join("runs", task, "final") if f.name == "model_dir" else f.default
+            default = os.path.join("runs", task, FINAL) if f.name == "model_dir" else f.default
             define.get(f.type, flags.DEFINE_string)(f.name, default, evaluate.HELP[f.name])
 
 
 def run_eval() -> dict:
     from gpt2_tf.analyses import evaluate
+    from gpt2_tf.core.reports import jsonable
 
     names = [f.name for f in dataclasses.fields(evaluate.EvalConfig)]
     cfg = evaluate.EvalConfig(**{n: getattr(FLAGS, n) for n in names})
     results = evaluate.run(cfg)
     out_dir = cfg.output_dir or os.path.join(
-        os.path.dirname(os.path.abspath(cfg.model_dir)), "eval"
+        os.path.dirname(os.path.abspath(cfg.model_dir)), run_folder.EVAL
     )
     summary = {k: evaluate.scalars(v) for k, v in results["models"].items()}
-    print(json.dumps(evaluate.jsonable(summary), indent=2))
-    print(f"wrote {os.path.join(out_dir, 'report.md')} (and metrics, plots) for {cfg.model_dir}")
+    print(json.dumps(jsonable(summary), indent=2))
+    report = os.path.join(out_dir, run_folder.REPORT)
+    print(f"wrote {report} (and metrics, plots) for {cfg.model_dir}")
     return results
 
 
@@ -300,5 +305,5 @@ def run_staged() -> dict:
     results = staged.run_staged(staged.StagedConfig(TrainConfig(**train), evaluation))
     for row in results["stages"]:
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
-    print(f"wrote {os.path.join(f.output_dir, 'eval', 'report.md')}")
+    print(f"wrote {os.path.join(f.output_dir, run_folder.EVAL, run_folder.REPORT)}")
     return results

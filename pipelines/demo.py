@@ -48,6 +48,8 @@ def main(argv):
     import tensorflow as tf
 
     from gpt2_tf.analyses import evaluate
+    from gpt2_tf.core.reports import md_cell
+    from gpt2_tf.core.run_folder import EVAL, FINAL, REPORT
     from gpt2_tf.data.prep import PrepOptions, prepare
     from gpt2_tf.data.records import split_prompts
     from gpt2_tf.data.tasks import get_task
@@ -110,16 +112,16 @@ def main(argv):
         print(f"  sampled: {shown(tokenizer, x)}")
     report = evaluate.run(
         evaluate.EvalConfig(
-            model_dir=os.path.join(cfg.output_dir, "final"), num_generations=4, max_new_tokens=24
+            model_dir=os.path.join(cfg.output_dir, FINAL), num_generations=4, max_new_tokens=24
         )
     )
     print()
     for name, m in report["models"].items():
-        values = ", ".join(f"{k} {evaluate.md_cell(v)}" for k, v in m.items() if _number(v))
+        values = ", ".join(f"{k} {md_cell(v)}" for k, v in m.items() if _number(v))
         print(f"evaluation ({name}): {values}")  # md_cell: n/a, never a raw nan
-    if any("n/a" in evaluate.md_cell(v) for m in report["models"].values() for v in m.values()):
+    if any("n/a" in md_cell(v) for m in report["models"].values() for v in m.values()):
         print("n/a: local coherence needs a generation of two sentences or more")
-    print(f"report: {cfg.output_dir}/eval/report.md")
+    print(f"report: {os.path.join(cfg.output_dir, EVAL, REPORT)}")
 
     export = export_saved_model(trainer.model, tokenizer, os.path.join(FLAGS.output_dir, "exports"))
     serve = tf.saved_model.load(export).signatures["serving_default"]

@@ -10,6 +10,7 @@ import os
 from absl import app, flags
 
 from gpt2_tf import cli
+from gpt2_tf.core.run_folder import ANALYSIS
 
 flags.DEFINE_string("a", None, "Checkpoint A, the reference (e.g. the base model).", required=True)
 flags.DEFINE_string("b", None, "Checkpoint B (e.g. the fine-tuned model).", required=True)
@@ -35,7 +36,7 @@ def main(argv):
         weight_diff.read_state(FLAGS.a), weight_diff.read_state(FLAGS.b), FLAGS.a, FLAGS.b
     )
     b = os.path.normpath(FLAGS.b)
-    out = FLAGS.output_dir or os.path.join(os.path.dirname(b), "analysis", "weight_diff")
+    out = FLAGS.output_dir or os.path.join(os.path.dirname(b), ANALYSIS, "weight_diff")
     paths = weight_diff.write_report(diffs, out, FLAGS.a, FLAGS.b, FLAGS.metric)
     print(weight_diff.markdown_table(diffs))
     print(f"wrote {', '.join(os.path.basename(p) for p in paths.values())} to {out}")

@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
+from gpt2_tf.core.reports import write_json
 from gpt2_tf.data.records import ShardedWriter, load_tfrecords, serialize
-from gpt2_tf.train.monitor import write_json
 
 N, SEQ_LEN = 30_000, 4  # more examples than the old 10,000-example shuffle window
 

@@ -22,10 +22,10 @@ from gpt2_tf.analyses.dictionary import (
     read_split,
     top_k_accuracy,
 )
+from gpt2_tf.core.reports import write_json
 from gpt2_tf.data.prep import PrepOptions, prepare
 from gpt2_tf.data.tasks import get_task
 from gpt2_tf.data.tasks.dictionary import WORD_PROMPT, clean
-from gpt2_tf.train.monitor import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = [

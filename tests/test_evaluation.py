@@ -13,6 +13,7 @@ from PIL import Image
 
 from gpt2_tf.analyses import evaluate, plots
 from gpt2_tf.analyses.evaluate import EvalConfig
+from gpt2_tf.core.reports import md_cell, md_table, write_csv, write_json, write_jsonl
 from gpt2_tf.data.records import load_tfrecords, read_metadata
 from gpt2_tf.train.trainer import TrainConfig, Trainer
 
@@ -167,6 +168,23 @@ def test_plots_open_as_images(tmp_path):
 
 
 def test_markdown_cells():
-    assert evaluate.md_cell("a|b\nc") == "a\\|b<br>c"
-    assert evaluate.md_cell(float("nan")) == "n/a" and evaluate.md_cell(0.123456) == "0.1235"
-    assert evaluate.md_cell("") == "(empty)"
+    assert md_cell("a|b\nc") == "a\\|b<br>c"
+    assert md_cell(float("nan")) == "n/a" and md_cell(0.123456) == "0.1235"
+    assert md_cell(np.float32(0.5)) == "0.5" and md_cell(None) == "–"
+    assert md_cell("") == "(empty)"
+    assert md_cell("abcdef", 4) == "abc…" and md_cell("abcdef", 4, keep="tail") == "…def"
+    assert md_cell(md_cell("a|b")) == "a\\|b"  # a made cell is not escaped twice
+    table = md_table(["x", "n"], [["a|b", 1.0], [md_cell("long text", 5), float("inf")]], "lr")
+    assert table == "| x | n |\n|---|---:|\n| a\\|b | 1 |\n| long… | n/a |"
+
+
+def test_report_files_hold_no_nan(tmp_path):
+    """No NaN in the files: null in JSON (and JSON lines), an empty CSV cell; NumPy scalars too."""
+    rows = [{"a": float("nan"), "b": np.float32(0.5), "c": (1, float("-inf"))}]
+    write_json(str(tmp_path / "x.json"), {"rows": rows})
+    write_jsonl(str(tmp_path / "x.jsonl"), rows)
+    write_csv(str(tmp_path / "x.csv"), [{"a": float("nan"), "b": 2}, {"a": 1.5}], ["a", "b", "c"])
+    want = [{"a": None, "b": 0.5, "c": [1, None]}]
+    assert json.loads((tmp_path / "x.json").read_text()) == {"rows": want}
+    assert [json.loads(x) for x in (tmp_path / "x.jsonl").read_text().splitlines()] == want
+    assert (tmp_path / "x.csv").read_text().splitlines() == ["a,b,c", ",2,", "1.5,,"]

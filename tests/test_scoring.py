@@ -12,7 +12,7 @@ import pytest
 
 from gpt2_tf import GPT2LanguageModel
 from gpt2_tf.analyses.scoring import rank, read_jsonl, score, score_many, score_rows
-from gpt2_tf.train.monitor import write_json
+from gpt2_tf.core.reports import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -4,6 +4,7 @@ resumes after SIGKILL to the same weights, and stops on a NaN loss."""
 import dataclasses
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -68,6 +70,34 @@ def test_instruction_validation_loss_falls(dolly_dir, tmp_path):
     assert result["validation"]["loss"] < before - 0.5, (before, result["validation"])
     rows = open(tmp_path / "metrics.csv").read().splitlines()
     assert rows[0].startswith("step,epoch,train_loss") and len(rows) == 1 + 15  # every 2nd step
+
+
+def test_a_trainer_leaves_the_process_random_state_as_it_was(dolly_dir, tmp_path):
+    """A Trainer seeds Keras for its own model alone: Python's, NumPy's and TensorFlow's random
+    numbers afterwards, and a model built next, are what they would be without it; the same seed
+    still gives the same initial weights."""
+    from gpt2_tf.model.config import GPT2Config
+    from gpt2_tf.model.gpt2 import GPT2LanguageModel
+
+    def draws():
+        model = GPT2LanguageModel(GPT2Config.from_preset("tiny"))
+        return [random.random(), np.random.rand(), float(tf.random.uniform([]))], weights(model)
+
+    keras.utils.set_random_seed(123)
+    want_numbers, want_weights = draws()
+    keras.utils.set_random_seed(123)
+    trainers = []
+    for name in ("a", "b"):
+        trainers.append(Trainer(config(dolly_dir, tmp_path / name, seed=7, dropout=0.1)))
+        trainers[-1].close()
+        if name == "a":
+            numbers, built = draws()
+            assert numbers == want_numbers
+            for a, b in zip(built, want_weights, strict=True):
+                np.testing.assert_array_equal(a, b)
+    first, second = (weights(t.model) for t in trainers)
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_lora_trains_only_adapters(dolly_dir, tmp_path):

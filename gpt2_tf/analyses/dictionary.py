@@ -22,6 +22,9 @@ import dataclasses
 
 import numpy as np
 
+from gpt2_tf.core import reports
+from gpt2_tf.core.reports import md_cell, md_table
+from gpt2_tf.core.run_folder import REPORT
 from gpt2_tf.data.tasks.dictionary import DEFINITION_PROMPT, WORD_PROMPT
 from gpt2_tf.evaluation.metrics import cosine_similarity
 
@@ -229,14 +232,11 @@ def _label_points(ax, xy, labels, count: int, spacing: float = 0.08) -> None:
 def plot_word_pca(words: list[str], vectors, path: str, title: str, groups=None, labels=12):
     """Words on principal components (1,2), (3,4), (5,6); `groups` (one name per word, e.g.
     reference / generated) colours them."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from gpt2_tf.analyses import plots
 
     coords, ratios = principal_components(np.asarray(vectors), 6)
     groups = np.asarray(groups if groups is not None else ["word"] * len(words))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    fig, axes = plots.figure(1, 3, figsize=(15, 4.8))
     for ax, (a, b) in zip(axes, ((0, 1), (2, 3), (4, 5))):
         for name, marker in zip(dict.fromkeys(groups), "o^sx"):
             keep = groups == name
@@ -247,9 +247,7 @@ def plot_word_pca(words: list[str], vectors, path: str, title: str, groups=None,
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def plot_results(results: dict, embed, path: str, embedder_name: str) -> None:
@@ -273,24 +271,18 @@ def plot_results(results: dict, embed, path: str, embedder_name: str) -> None:
 
 
 # ---- report --------------------------------------------------------------------------------------
-def _cell(text: str, width: int = 50) -> str:
-    text = text.replace("|", "\\|").replace("\n", " ")
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def markdown_report(results: dict, title: str, shown: int = 10) -> str:
     lines, fw, rv = [f"# {title}", ""], results.get(FORWARD, {}), results.get(REVERSE, {})
     lines += [f"Embeddings: {results['embedder']}.", ""]
     if fw.get("examples"):
         lines += [f"## Forward (word -> definition): {fw['examples']} test words", ""]
         lines += [f"Mean cosine similarity, generated vs reference: **{fw['mean_cosine']:.4f}**"]
-        lines += ["", "| word | reference | generated | cosine |", "|---|---|---|---:|"]
-        lines += [
-            f"| {_cell(r['word'], 20)} | {_cell(r['reference'])} | {_cell(r['generated'])} | "
-            f"{r['cosine']:.3f} |"
+        rows = [
+            [md_cell(r["word"], 20), md_cell(r["reference"], 50), md_cell(r["generated"], 50)]
+            + [f"{r['cosine']:.3f}"]
             for r in fw["per_example"][:shown]
         ]
-        lines.append("")
+        lines += ["", md_table(["word", "reference", "generated", "cosine"], rows, "lllr"), ""]
     if rv.get("examples"):
         top = ", ".join(f"top-{k} {v:.3f}" for k, v in rv["top_k_accuracy"].items())
         lines += [f"## Reverse (definition -> word): {rv['examples']} test definitions", ""]
@@ -299,34 +291,28 @@ def markdown_report(results: dict, title: str, shown: int = 10) -> str:
             f"{rv['exact_match_ignore_case']:.4f}); {top}; mean word cosine "
             f"**{rv['mean_cosine']:.4f}**",
             "",
-            "| definition | word | generated | candidates | cosine |",
-            "|---|---|---|---|---:|",
         ]
-        lines += [
-            f"| {_cell(r['definition'])} | {_cell(r['word'], 20)} | {_cell(r['generated'], 20)} "
-            f"| {_cell(', '.join(r['candidates']), 40)} | {r['cosine']:.3f} |"
+        rows = [
+            [md_cell(r["definition"], 50), md_cell(r["word"], 20), md_cell(r["generated"], 20)]
+            + [md_cell(", ".join(r["candidates"]), 40), f"{r['cosine']:.3f}"]
             for r in rv["per_example"][:shown]
         ]
-        lines.append("")
+        header = ["definition", "word", "generated", "candidates", "cosine"]
+        lines += [md_table(header, rows, "llllr"), ""]
     return "\n".join(lines + ["![word embeddings](word_pca.png)", ""])
 
 
 def write_csv(results: dict, path: str) -> None:
     """One line per example of either direction."""
-    import csv
-
+    rows = []
+    for r in results.get(FORWARD, {}).get("per_example", []):
+        row = {"word": r["word"], "definition": r["reference"], "generated": r["generated"]}
+        rows.append({"direction": FORWARD, **row, "cosine": r["cosine"]})
+    for r in results.get(REVERSE, {}).get("per_example", []):
+        row = {k: r[k] for k in ("word", "definition", "generated", "exact", "cosine")}
+        rows.append({"direction": REVERSE, **row, "candidates": " | ".join(r["candidates"])})
     fields = ["direction", "word", "definition", "generated", "candidates", "exact", "cosine"]
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for r in results.get(FORWARD, {}).get("per_example", []):
-            row = {"word": r["word"], "definition": r["reference"], "generated": r["generated"]}
-            writer.writerow({"direction": FORWARD, **row, "cosine": r["cosine"]})
-        for r in results.get(REVERSE, {}).get("per_example", []):
-            row = {k: r[k] for k in ("word", "definition", "generated", "exact", "cosine")}
-            writer.writerow(
-                {"direction": REVERSE, **row, "candidates": " | ".join(r["candidates"])}
-            )
+    reports.write_csv(path, rows, fields)
 
 
 def analyze(model, tokenizer, examples, embed, output_dir: str, title: str, **settings) -> dict:
@@ -335,7 +321,6 @@ def analyze(model, tokenizer, examples, embed, output_dir: str, title: str, **se
     `settings`: max_new_tokens (definitions), word_tokens, k, batch_size, and the sampling of the
     word candidates (temperature, top_k).
     """
-    import json
     import os
 
     s = {"max_new_tokens": 48, "word_tokens": 8, "k": 5, "batch_size": 32, **settings}
@@ -352,10 +337,9 @@ def analyze(model, tokenizer, examples, embed, output_dir: str, title: str, **se
         ),
     }
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2, ensure_ascii=False)
+    reports.write_json(os.path.join(output_dir, "metrics.json"), results)
     write_csv(results, os.path.join(output_dir, "examples.csv"))
     plot_results(results, embed, os.path.join(output_dir, "word_pca.png"), results["embedder"])
-    with open(os.path.join(output_dir, "report.md"), "w", encoding="utf-8") as f:
+    with open(os.path.join(output_dir, REPORT), "w", encoding="utf-8") as f:
         f.write(markdown_report(results, title))
     return results

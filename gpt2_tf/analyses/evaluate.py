@@ -17,8 +17,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import glob
-import json
-import math
 import os
 
 import numpy as np
@@ -26,6 +24,8 @@ import tensorflow as tf
 
 from gpt2_tf.analyses import plots
 from gpt2_tf.core import run_folder
+from gpt2_tf.core.compat import seeded
+from gpt2_tf.core.reports import md_table, write_csv, write_json, write_jsonl
 from gpt2_tf.data.records import CLASSIFIER, load_tfrecords, read_metadata, split_prompts
 from gpt2_tf.evaluation import metrics
 from gpt2_tf.evaluation.loop import classifier_predictions, perplexity_on
@@ -128,18 +128,17 @@ def choose_unit(unit: str, reference_texts: list[str]) -> str:
 # ---- the run and its base model ------------------------------------------------------------------
 def base_model(train_config: dict, meta: dict):
     """The model training started from: a preset's seeded random weights (the same as the run's,
-    since training seeds Keras with its `seed` before building) or the pretrained folder/hub id.
-    The dropout rate stays: a rate above 0 draws a dropout seed, which shifts every random weight
-    drawn after it. LoRA is left out: it is added after the weights and starts as a no-op."""
-    import keras
-
+    since training builds it with Keras seeded by its `seed`, as here, leaving the process's random
+    state as it was) or the pretrained folder/hub id. The dropout rate stays: a rate above 0 draws
+    a dropout seed, which shifts every random weight drawn after it. LoRA is left out: it is added
+    after the weights and starts as a no-op."""
     from gpt2_tf.train.trainer import TrainConfig, build_model
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     known = {k: v for k, v in train_config.items() if k in fields}
     cfg = TrainConfig(**{**known, "lora_rank": 0})
-    keras.utils.set_random_seed(cfg.seed)
-    return build_model(cfg, meta)
+    with seeded(cfg.seed):
+        return build_model(cfg, meta)
 
 
 def _base_or_explain(train_config: dict, meta: dict):
@@ -164,14 +163,16 @@ def describe_base(train_config: dict) -> str:
 def read_training_loss(run_dir: str) -> tuple[list[int], list[float]]:
     """(steps, training loss) from the run's TensorBoard events, else from its metrics.csv."""
     points = {}
-    for path in sorted(glob.glob(os.path.join(run_dir, "tensorboard", "train", "events.*"))):
+    events = os.path.join(run_dir, run_folder.TENSORBOARD, "train", "events.*")
+    for path in sorted(glob.glob(events)):
         for record in tf.data.TFRecordDataset(path):
             event = tf.compat.v1.Event.FromString(record.numpy())
             for value in event.summary.value:
                 if value.tag == "loss":
                     points[event.step] = float(tf.make_ndarray(value.tensor))
-    if not points and os.path.exists(os.path.join(run_dir, "metrics.csv")):
-        with open(os.path.join(run_dir, "metrics.csv"), encoding="utf-8") as f:
+    logged = os.path.join(run_dir, run_folder.METRICS_CSV)
+    if not points and os.path.exists(logged):
+        with open(logged, encoding="utf-8") as f:
             rows = csv.DictReader(f)  # rows of evaluations alone leave train_loss empty
             points = {int(r["step"]): float(r["train_loss"]) for r in rows if r.get("train_loss")}
     steps = sorted(points)
@@ -233,7 +234,7 @@ def run(cfg: EvalConfig) -> dict:
         raise ValueError(
             f"{run_dir}: no {run_folder.TRAIN_CONFIG} naming the data; pass --data_dir"
         )
-    out_dir = cfg.output_dir or os.path.join(run_dir, "eval")
+    out_dir = cfg.output_dir or os.path.join(run_dir, run_folder.EVAL)
     os.makedirs(out_dir, exist_ok=True)
     model, tokenizer, task = load_trained(cfg.model_dir)
     meta = read_metadata(data_dir)
@@ -256,34 +257,6 @@ def run(cfg: EvalConfig) -> dict:
 
 
 # ---- files ---------------------------------------------------------------------------------------
-def jsonable(obj):
-    """NaN and infinity become null: JSON has no such numbers."""
-    if isinstance(obj, dict):
-        return {k: jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def write_json(path: str, obj) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(jsonable(obj), f, indent=2, ensure_ascii=False)
-
-
-def write_csv(path: str, rows: list[dict]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(jsonable(rows))  # NaN as an empty cell, as JSON's null
-
-
-def write_jsonl(path: str, rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-
-
 def scalars(values: dict) -> dict:
     return {k: v for k, v in values.items() if isinstance(v, int | float)}
 
@@ -308,9 +281,9 @@ def write_outputs(results: dict, out_dir: str, run_dir: str) -> dict:
         write_csv(os.path.join(out_dir, "per_class.csv"), per_class)
         files["per_class.csv"] = "precision, recall, F1 and support per class"
     files.update(_plots(results, out_dir, run_dir))
-    with open(os.path.join(out_dir, "report.md"), "w", encoding="utf-8") as f:
+    with open(os.path.join(out_dir, run_folder.REPORT), "w", encoding="utf-8") as f:
         f.write(report(results, files))
-    return {**files, "report.md": "this report"}
+    return {**files, run_folder.REPORT: "this report"}
 
 
 def _plots(results: dict, out_dir: str, run_dir: str) -> dict:
@@ -352,22 +325,6 @@ LM_METRICS = (
 
 
 # ---- report.md -----------------------------------------------------------------------------------
-def md_cell(value, limit: int = 400) -> str:
-    """A value as one Markdown table cell: floats to 4 significant digits, text on one line."""
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else "n/a"
-    text = str(value)
-    text = text if len(text) <= limit else text[:limit] + "…"
-    return text.replace("|", "\\|").replace("\n", "<br>") or "(empty)"
-
-
-def md_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(md_cell(v) for v in row) + " |" for row in rows])
-
-
 def _unit_note(unit: str) -> str:
     if unit == "words":
         return "whitespace words (`str.split`: case and punctuation kept)"

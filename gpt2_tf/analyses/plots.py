@@ -1,5 +1,6 @@
 """PNG plots of evaluation results: confusion matrices, per-class scores, before/after bars,
-metrics per stage and training-loss curves.
+metrics per stage and training-loss curves; the other analyses draw their own figures through
+`figure` and `save`, so matplotlib is set up here alone.
 
 matplotlib runs on its Agg backend (files only, no display), chosen on import so that a machine
 without a screen never tries to open a window. Every function writes one PNG and returns its path.
@@ -19,7 +20,13 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 DPI = 120
 
 
-def _save(fig, path: str) -> str:
+def figure(rows: int = 1, cols: int = 1, **kwargs):
+    """(figure, axes): `plt.subplots` for the analyses that draw their own figures; `save` it."""
+    return plt.subplots(rows, cols, **kwargs)
+
+
+def save(fig, path: str) -> str:
+    """Writes `fig` to `path` as PNG and frees it; returns `path`."""
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -30,7 +37,7 @@ def _grid(n: int, width: float = 3.6, height: float = 3.2, max_cols: int = 3):
     """A figure with `n` panels in rows of at most `max_cols`; unused panels hidden."""
     cols = min(n, max_cols)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows + 0.6), squeeze=False)
+    fig, axes = figure(rows, cols, figsize=(width * cols, height * rows + 0.6), squeeze=False)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
@@ -41,7 +48,7 @@ def confusion_matrix(confusion, label_names, path: str, title: str) -> str:
     m = np.asarray(confusion)
     k = len(label_names)
     size = max(4.5, 0.7 * k + 2.5)
-    fig, ax = plt.subplots(figsize=(size + 1.0, size))
+    fig, ax = figure(figsize=(size + 1.0, size))
     image = ax.imshow(m, cmap="Blues", vmin=0)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="examples")
     ax.set_xticks(range(k), label_names, rotation=45, ha="right")
@@ -54,14 +61,14 @@ def confusion_matrix(confusion, label_names, path: str, title: str) -> str:
         for j in range(k):
             color = "white" if m[i, j] > dark else "black"
             ax.text(j, i, str(int(m[i, j])), ha="center", va="center", color=color, fontsize=9)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def per_class_scores(per_class: list[dict], path: str, title: str) -> str:
     """Grouped bars of precision, recall and F1 for each class."""
     names = [row["label"] for row in per_class]
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(names) + 2), 4))
+    fig, ax = figure(figsize=(max(5.0, 1.1 * len(names) + 2), 4))
     for offset, key, label in (
         (-0.27, "precision", "precision"),
         (0, "recall", "recall"),
@@ -74,7 +81,7 @@ def per_class_scores(per_class: list[dict], path: str, title: str) -> str:
     ax.set_title(title)
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def comparison_bars(values: dict[str, dict[str, float]], path: str, title: str) -> str:
@@ -99,7 +106,7 @@ def comparison_bars(values: dict[str, dict[str, float]], path: str, title: str) 
         ax.margins(y=0.15)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def metrics_by_stage(rows: list[dict], metrics: list[tuple[str, str]], path: str, title: str):
@@ -117,13 +124,13 @@ def metrics_by_stage(rows: list[dict], metrics: list[tuple[str, str]], path: str
         ax.set_xticks(stages)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def loss_curves(curves: list[tuple[str, list, list]], path: str, title: str) -> str:
     """Training loss against the optimizer step; several curves (e.g. stages) run end to end on
     one axis, each in its own colour, with a dotted line where the next begins."""
-    fig, ax = plt.subplots(figsize=(7.5, 4))
+    fig, ax = figure(figsize=(7.5, 4))
     offset = 0
     for i, (label, steps, values) in enumerate(curves):
         xs = [offset + s for s in steps]
@@ -138,7 +145,7 @@ def loss_curves(curves: list[tuple[str, list, list]], path: str, title: str) -> 
     ax.grid(alpha=0.3)
     if len(curves) > 1:
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _readable(metric: str) -> str:

@@ -20,6 +20,9 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from gpt2_tf.core.reports import md_cell, md_table, shorten, write_jsonl
+from gpt2_tf.core.run_folder import REPORT
+
 
 @dataclasses.dataclass
 class AnswerScore:
@@ -228,12 +231,9 @@ def task_render(tokenizer, task: dict, answer=lambda a: a, **defaults):
 
 
 # ---- report and plot -----------------------------------------------------------------------------
-def _cell(text: str, width: int = 60, keep: str = "head") -> str:
-    """One line of at most `width` characters; a prompt keeps its end (`keep="tail"`)."""
-    text = text.replace("\n", "⏎").replace("|", "\\|")
-    if len(text) <= width:
-        return text
-    return "…" + text[1 - width :] if keep == "tail" else text[: width - 1] + "…"
+def _label(text: str, width: int, keep: str = "head") -> str:
+    """A plot label: one line of at most `width` characters; a prompt keeps its end."""
+    return shorten(text.replace("\n", "⏎"), width, keep)
 
 
 def markdown_report(results: list[dict], title: str) -> str:
@@ -241,27 +241,30 @@ def markdown_report(results: list[dict], title: str) -> str:
     lines = [f"# {title}", ""]
     singles = [r for r in results if "candidates" not in r]
     if singles:
-        lines += ["| prompt (end) | answer | P(answer) | log P | mean log P | tokens |"]
-        lines += ["|---|---|---:|---:|---:|---:|"]
-        lines += [
-            f"| {_cell(r['prompt'], keep='tail')} | {_cell(r['answer'], 40)} | "
-            f"{r['probability']:.3e} | "
-            f"{r['log_probability']:.3f} | {r['mean_log_probability']:.3f} | {r['num_tokens']} |"
+        header = ["prompt (end)", "answer", "P(answer)", "log P", "mean log P", "tokens"]
+        rows = [
+            [md_cell(r["prompt"], 60, "tail"), md_cell(r["answer"], 40), *_probabilities(r)]
+            + [r["num_tokens"]]
             for r in singles
         ]
-        lines.append("")
+        lines += [md_table(header, rows, align="llrrrr"), ""]
     for r in (r for r in results if "candidates" in r):
-        lines += [f"**{_cell(r['prompt'], 120, 'tail')}**", ""]
-        lines += ["| rank | answer | P(answer) | log P | mean log P | rank by mean |"]
-        lines += ["|---:|---|---:|---:|---:|---:|"]
-        lines += [
-            f"| {c['rank']} | {_cell(c['answer'], 40)} | {c['probability']:.3e} | "
-            f"{c['log_probability']:.3f} | {c['mean_log_probability']:.3f} | "
-            f"{c['normalized_rank']} |"
+        lines += [f"**{md_cell(r['prompt'], 120, 'tail')}**", ""]
+        header = ["rank", "answer", "P(answer)", "log P", "mean log P", "rank by mean"]
+        rows = [
+            [c["rank"], md_cell(c["answer"], 40), *_probabilities(c), c["normalized_rank"]]
             for c in r["candidates"]
         ]
-        lines.append("")
+        lines += [md_table(header, rows, align="rlrrrr"), ""]
     return "\n".join(lines)
+
+
+def _probabilities(r: dict) -> list[str]:
+    return [
+        f"{r['probability']:.3e}",
+        f"{r['log_probability']:.3f}",
+        f"{r['mean_log_probability']:.3f}",
+    ]
 
 
 def _bars(ax, labels, log_probs, what: str, title: str) -> None:
@@ -273,7 +276,7 @@ def _bars(ax, labels, log_probs, what: str, title: str) -> None:
         inside = -lp > 0.25 * longest
         style = {"ha": "left", "color": "white"} if inside else {"ha": "right", "color": "black"}
         ax.text(lp, i, f" P={math.exp(lp):.2g} ", va="center", fontsize=7, **style)
-    ax.set_yticks(y, [_cell(x, 30) for x in labels], fontsize=8)
+    ax.set_yticks(y, [_label(x, 30) for x in labels], fontsize=8)
     ax.invert_yaxis()  # first item on top
     ax.set_xlabel(f"log P({what})", fontsize=8)
     ax.set_title(title, fontsize=9)
@@ -282,21 +285,18 @@ def _bars(ax, labels, log_probs, what: str, title: str) -> None:
 def plot_scores(results: list[dict], path: str, max_panels: int = 9) -> None:
     """One panel per input (up to `max_panels`): its candidates' log P, best on top, or its
     answer's tokens' log P (each given the prompt and the tokens before it)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from gpt2_tf.analyses import plots
 
     shown = results[:max_panels]
     if not shown:
         return
     cols = min(3, len(shown))
     rows = -(-len(shown) // cols)
-    fig, axes = plt.subplots(
+    fig, axes = plots.figure(
         rows, cols, figsize=(max(5.6 * cols, 9.5), 0.9 + 2.8 * rows), squeeze=False
     )
     for ax, r in zip(axes.flat, shown):
-        prompt = _cell(r["prompt"], 48, "tail")
+        prompt = _label(r["prompt"], 48, "tail")
         if "candidates" in r:
             c = r["candidates"]
             values = [x["log_probability"] for x in c]
@@ -308,9 +308,7 @@ def plot_scores(results: list[dict], path: str, max_panels: int = 9) -> None:
     for ax in list(axes.flat)[len(shown) :]:
         ax.axis("off")
     fig.suptitle("Answer probabilities: candidates ranked by log P(answer), or one answer's tokens")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def write_report(results: list[dict], output_dir: str, title: str) -> list[str]:
@@ -318,9 +316,8 @@ def write_report(results: list[dict], output_dir: str, title: str) -> list[str]:
     import os
 
     os.makedirs(output_dir, exist_ok=True)
-    paths = [os.path.join(output_dir, n) for n in ("scores.jsonl", "report.md", "scores.png")]
-    with open(paths[0], "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
+    paths = [os.path.join(output_dir, n) for n in ("scores.jsonl", REPORT, "scores.png")]
+    write_jsonl(paths[0], results)
     with open(paths[1], "w", encoding="utf-8") as f:
         f.write(markdown_report(results, title) + "\n![answer probabilities](scores.png)\n")
     plot_scores(results, paths[2])

@@ -25,13 +25,11 @@ from gpt2_tf.analyses.evaluate import (
     choose_unit,
     generate_texts,
     generation_metrics,
-    md_table,
     perplexity_on,
     read_training_loss,
-    write_csv,
-    write_json,
-    write_jsonl,
 )
+from gpt2_tf.core import run_folder
+from gpt2_tf.core.reports import md_table, write_csv, write_json, write_jsonl
 from gpt2_tf.data.records import load_tfrecords, read_metadata, split_prompts
 from gpt2_tf.evaluation import metrics
 from gpt2_tf.train.trainer import TrainConfig
@@ -52,7 +50,9 @@ class StagedConfig:
     evaluation: EvalConfig  # generation settings; its split gives the prompts
 
     def stage_config(self, k: int) -> TrainConfig:
-        previous = os.path.join(self.stage_dir(k - 1), "final") if k > 1 else self.train.init_from
+        previous = self.train.init_from
+        if k > 1:
+            previous = os.path.join(self.stage_dir(k - 1), run_folder.FINAL)
         return dataclasses.replace(
             self.train, output_dir=self.stage_dir(k), stage=k, init_from=previous
         )
@@ -75,9 +75,9 @@ def train_stage(cfg: StagedConfig, k: int) -> str:
     from gpt2_tf.train.trainer import train
 
     folder = cfg.stage_dir(k)
-    if not os.path.exists(os.path.join(folder, "result.json")):
+    if not os.path.exists(os.path.join(folder, run_folder.RESULT)):
         train(cfg.stage_config(k))
-    return os.path.join(folder, "final")
+    return os.path.join(folder, run_folder.FINAL)
 
 
 class StageEvaluator:
@@ -146,7 +146,7 @@ def run_staged(cfg: StagedConfig) -> dict:
         "train_config": dataclasses.asdict(cfg.train),
         "evaluation": dataclasses.asdict(cfg.evaluation),
     }
-    write_outputs(results, curves, os.path.join(cfg.train.output_dir, "eval"))
+    write_outputs(results, curves, os.path.join(cfg.train.output_dir, run_folder.EVAL))
     return results
 
 
@@ -172,7 +172,7 @@ def write_outputs(results: dict, curves: list, out_dir: str) -> None:
         os.path.join(out_dir, "training_loss.png"),
         f"Staged fine-tuning: training loss of each of {n} stages",
     )
-    with open(os.path.join(out_dir, "report.md"), "w", encoding="utf-8") as f:
+    with open(os.path.join(out_dir, run_folder.REPORT), "w", encoding="utf-8") as f:
         f.write(report(results, columns))
 
 

@@ -17,12 +17,13 @@ zeros on either side has no cosine and is left out of that mean (NaN when every 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import re
 
 import numpy as np
 
+from gpt2_tf.core import reports
+from gpt2_tf.core.reports import md_table, number
 from gpt2_tf.evaluation.metrics import cosine_similarity
 
 METRICS = ("mean_abs", "max_abs", "std", "cosine", "euclidean", "relative")
@@ -49,8 +50,12 @@ class WeightDiff:
     euclidean: float
     relative: float
 
+    @property
+    def shape_text(self) -> str:
+        return "x".join(map(str, self.shape))
+
     def row(self) -> dict:
-        return {"name": self.name, "shape": "x".join(map(str, self.shape)), **self.values()}
+        return {"name": self.name, "shape": self.shape_text, **self.values()}
 
     def values(self) -> dict[str, float]:
         return {m: getattr(self, m) for m in METRICS}
@@ -139,27 +144,13 @@ def compare_models(model_a, model_b) -> list[WeightDiff]:
 
 
 # ---- table, CSV --------------------------------------------------------------------------------
-def _fmt(x: float) -> str:
-    return "n/a" if np.isnan(x) else f"{x:.4g}"
-
-
 def markdown_table(diffs: list[WeightDiff]) -> str:
-    head = "| weight | shape | " + " | ".join(METRICS) + " |"
-    rule = "|---|---|" + "---:|" * len(METRICS)
-    body = [
-        f"| {d.name} | {'x'.join(map(str, d.shape))} | "
-        + " | ".join(_fmt(v) for v in d.values().values())
-        + " |"
-        for d in diffs
-    ]
-    return "\n".join([head, rule, *body])
+    rows = [[d.name, d.shape_text, *d.values().values()] for d in diffs]
+    return md_table(["weight", "shape", *METRICS], rows, align="ll" + "r" * len(METRICS))
 
 
 def write_csv(diffs: list[WeightDiff], path: str) -> None:
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["name", "shape", *METRICS])
-        writer.writeheader()
-        writer.writerows(d.row() for d in diffs)
+    reports.write_csv(path, [d.row() for d in diffs], ["name", "shape", *METRICS])
 
 
 def summary(diffs: list[WeightDiff]) -> dict:
@@ -191,15 +182,6 @@ def block_grid(diffs: list[WeightDiff], metric: str):
     return [f"h.{b}" for b in blocks], kinds, grid
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _annotate(ax, values, shown, max_cells: int = 400) -> None:
     """Writes each cell's value when there are few enough cells to read."""
     if values.size > max_cells:
@@ -207,17 +189,18 @@ def _annotate(ax, values, shown, max_cells: int = 400) -> None:
     for (i, j), v in np.ndenumerate(values):
         dark = not np.isnan(shown[i, j]) and shown[i, j] < 0.5  # viridis is dark at its low end
         color = "white" if dark else "black"
-        ax.text(j, i, _fmt(v), ha="center", va="center", fontsize=6.5, color=color)
+        ax.text(j, i, number(v), ha="center", va="center", fontsize=6.5, color=color)
 
 
 def plot_metrics(diffs: list[WeightDiff], path: str, title: str) -> None:
     """Weights (rows) x metrics (columns); each column is coloured on its own 0..1 scale, since
     the metrics differ in range, and the cells carry their values."""
-    plt = _pyplot()
+    from gpt2_tf.analyses import plots
+
     values = np.array([list(d.values().values()) for d in diffs])  # [W, M]
     lo, hi = np.nanmin(values, 0), np.nanmax(values, 0)
     shown = (values - lo) / np.where(hi > lo, hi - lo, 1.0)
-    fig, ax = plt.subplots(figsize=(9, 1.5 + 0.22 * len(diffs)))
+    fig, ax = plots.figure(figsize=(9, 1.5 + 0.22 * len(diffs)))
     image = ax.imshow(shown, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     ax.set_xticks(range(len(METRICS)), METRICS, fontsize=8)
     ax.xaxis.tick_top()
@@ -225,16 +208,15 @@ def plot_metrics(diffs: list[WeightDiff], path: str, title: str) -> None:
     _annotate(ax, values, shown, max_cells=2000)  # a row per weight: room for every value
     fig.colorbar(image, ax=ax, fraction=0.04, label="position within the column's range")
     ax.set_title(title, fontsize=9, pad=22)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def plot_blocks(diffs: list[WeightDiff], metric: str, path: str, title: str) -> None:
     """Transformer blocks (rows) x weight kinds (columns) for one metric, on one colour scale."""
-    plt = _pyplot()
+    from gpt2_tf.analyses import plots
+
     blocks, kinds, grid = block_grid(diffs, metric)
-    fig, ax = plt.subplots(figsize=(1.8 + 0.75 * len(kinds), 2.0 + 0.35 * len(blocks)))
+    fig, ax = plots.figure(figsize=(1.8 + 0.75 * len(kinds), 2.0 + 0.35 * len(blocks)))
     image = ax.imshow(grid, aspect="auto", cmap="viridis")
     ax.set_xticks(range(len(kinds)), kinds, rotation=40, ha="right", fontsize=8)
     ax.set_yticks(range(len(blocks)), blocks, fontsize=8)
@@ -242,11 +224,9 @@ def plot_blocks(diffs: list[WeightDiff], metric: str, path: str, title: str) -> 
     _annotate(ax, grid, (grid - lo) / (hi - lo if hi > lo else 1.0))
     fig.colorbar(image, ax=ax, fraction=0.04, label=LABELS[metric])
     others = [d for d in diffs if not _BLOCK.fullmatch(d.name)]
-    note = ", ".join(f"{d.name} {_fmt(getattr(d, metric))}" for d in others)
+    note = ", ".join(f"{d.name} {number(getattr(d, metric))}" for d in others)
     ax.set_title(f"{title}\noutside the blocks: {note}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 # ---- everything, into a folder -----------------------------------------------------------------
@@ -254,7 +234,6 @@ def write_report(
     diffs: list[WeightDiff], output_dir: str, label_a: str, label_b: str, metric: str = "relative"
 ) -> dict[str, str]:
     """weight_diff.csv / .json / .md and the two heat maps; returns {kind: path}."""
-    import json
     import os
 
     os.makedirs(output_dir, exist_ok=True)
@@ -275,14 +254,13 @@ def write_report(
         "summary": summary(diffs),
         "weights": [d.row() for d in diffs],
     }
-    with open(paths["json"], "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2)
+    reports.write_json(paths["json"], info)
     s = info["summary"]
     with open(paths["markdown"], "w", encoding="utf-8") as f:
         f.write(
             f"# Weight difference\n\nA = `{label_a}`, B = `{label_b}`, D = B - A. "
             f"{s['changed']} of {s['weights']} weights changed; largest relative change "
-            f"{_fmt(s['largest_relative_change']['relative'])} in "
+            f"{number(s['largest_relative_change']['relative'])} in "
             f"`{s['largest_relative_change']['name']}`.\n\n{markdown_table(diffs)}\n\n"
             f"![metrics]({os.path.basename(paths['metrics_plot'])})\n"
             f"![blocks]({os.path.basename(paths['blocks_plot'])})\n"

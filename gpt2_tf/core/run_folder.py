@@ -16,7 +16,20 @@ import shutil
 
 import tensorflow as tf
 
-TRAIN_CONFIG = "train_config.json"
+# A run folder's entries (`runs/<task>/...`), named once.
+TRAIN_CONFIG = "train_config.json"  # the settings it was started with
+FLAGS_FILE = "flags.txt"  # the command's flags: `--flagfile` reruns (resumes) it
+CHECKPOINTS = "checkpoints"  # resumable training state, `ckpt-<step>`
+BEST = "best"  # the model at the best validation score (a from_pretrained folder)
+FINAL = "final"  # the model when training ended (a from_pretrained folder)
+LORA = "lora"  # LoRA runs: the adapters alone, in LORA_ADAPTERS
+LORA_ADAPTERS = "adapters.safetensors"
+TENSORBOARD = "tensorboard"  # events under TENSORBOARD/train and TENSORBOARD/validation
+METRICS_CSV = "metrics.csv"  # a row per logged step or evaluation
+RESULT = "result.json"  # written last: the run finished
+EVAL = "eval"  # `make eval-<task>` (and a staged run's evaluation) writes here
+ANALYSIS = "analysis"  # the pipelines' analyses: ANALYSIS/<analysis>/
+REPORT = "report.md"  # in an evaluation's or analysis's folder: what a person reads
 TASK_FILE = "task.json"  # beside a trained model: kind, labels, seq_len, template
 # beside an export's saved_model.pb: {"task": {...}, "eos_id": ...}
 EXPORT_EXTRA = "assets.extra.json"
@@ -44,14 +57,14 @@ RUN_DEFINING = (
 )
 # What a run writes (and `--restart` removes); anything else in the folder stays.
 RUN_OUTPUTS = (
-    "checkpoints",
-    "best",
-    "final",
-    "lora",
-    "tensorboard",
-    "metrics.csv",
-    "result.json",
-    "flags.txt",
+    CHECKPOINTS,
+    BEST,
+    FINAL,
+    LORA,
+    TENSORBOARD,
+    METRICS_CSV,
+    RESULT,
+    FLAGS_FILE,
     TRAIN_CONFIG,
 )
 
@@ -106,7 +119,7 @@ def check_resumable(folder: str, config: dict, checkpoint_dir: str) -> None:
         )
 
 
-LOGS = ("metrics.csv", "tensorboard")  # what a killed attempt with no checkpoint leaves
+LOGS = (METRICS_CSV, TENSORBOARD)  # what a killed attempt with no checkpoint leaves
 
 
 def clear(folder: str, names=RUN_OUTPUTS) -> list[str]:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import csv
 import glob
-import json
 import os
 import time
 
 import tensorflow as tf
 from absl import logging
+
+from gpt2_tf.core import run_folder
 
 
 class Monitor:
@@ -24,8 +25,8 @@ class Monitor:
 
     def __init__(self, output_dir: str, csv_columns: list[str], enabled: bool = True):
         self.enabled, self.csv_columns = enabled, list(csv_columns)
-        self.csv_path = os.path.join(output_dir, "metrics.csv")
-        self.tensorboard = os.path.join(output_dir, "tensorboard")
+        self.csv_path = os.path.join(output_dir, run_folder.METRICS_CSV)
+        self.tensorboard = os.path.join(output_dir, run_folder.TENSORBOARD)
         self._writers = {}
         self._last_time, self._last_tokens = time.monotonic(), 0.0
 
@@ -114,8 +115,3 @@ class Monitor:
             rows = [r for r in csv.DictReader(f) if int(r["step"]) <= last_step]
         keep = set(self.csv_columns)
         self._write_csv([{k: v for k, v in r.items() if k in keep} for r in rows], "w")
-
-
-def write_json(path: str, obj) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, default=str)

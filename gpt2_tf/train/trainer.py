@@ -19,9 +19,10 @@ import tensorflow as tf
 from absl import logging
 
 from gpt2_tf.core import run_folder
+from gpt2_tf.core.compat import seeded
 from gpt2_tf.core.hardware import resolve_precision
 from gpt2_tf.core.locking import FolderLock
-from gpt2_tf.core.run_folder import TASK_FILE
+from gpt2_tf.core.reports import write_json
 from gpt2_tf.data.records import (
     CLASSIFIER,
     explain_data_loss,
@@ -36,7 +37,7 @@ from gpt2_tf.model.config import PRESETS, GPT2Config
 from gpt2_tf.model.gpt2 import GPT2Classifier, GPT2LanguageModel
 from gpt2_tf.model.lora import enable_lora, save_lora
 from gpt2_tf.train.distribute import configure_cpu_threads, get_strategy
-from gpt2_tf.train.monitor import Monitor, write_json
+from gpt2_tf.train.monitor import Monitor
 from gpt2_tf.train.optim import make_optimizer
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")  # auto: see hardware.py
@@ -138,7 +139,6 @@ class Trainer:
         # data_dir absolute: train_config.json then names the data from any directory.
         data_dir = os.path.abspath(cfg.data_dir)
         self.cfg = cfg = dataclasses.replace(cfg, precision=precision, data_dir=data_dir)
-        keras.utils.set_random_seed(cfg.seed)
         self.strategy = get_strategy(cfg.strategy)
         self.replicas = self.strategy.num_replicas_in_sync
         self.micro_batch = cfg.batch_size // cfg.grad_accum_steps
@@ -154,7 +154,7 @@ class Trainer:
             )
         self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.epochs
         self.chief = _is_chief(self.strategy)
-        ckpt_dir = os.path.join(cfg.output_dir, "checkpoints")
+        ckpt_dir = os.path.join(cfg.output_dir, run_folder.CHECKPOINTS)
         self._lock = None
         if self.chief:  # one run per folder: a second fails at once, naming this one
             self._lock = FolderLock(cfg.output_dir, "training", inside=True).acquire()
@@ -166,7 +166,7 @@ class Trainer:
             if self.chief:
                 self._take_folder(ckpt_dir)
                 if flags_text is not None:  # this command's flags: --flagfile= reruns it
-                    with open(os.path.join(cfg.output_dir, "flags.txt"), "w") as f:
+                    with open(os.path.join(cfg.output_dir, run_folder.FLAGS_FILE), "w") as f:
                         f.write(flags_text)
             elif cfg.restart:  # a worker's own checkpoints
                 shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -176,9 +176,12 @@ class Trainer:
             raise
 
     def _build(self, ckpt_dir: str) -> None:
-        """The model, optimizer, counters, logs and checkpoints, in the strategy's scope."""
+        """The model, optimizer, counters, logs and checkpoints, in the strategy's scope. The
+        model's weights (and its dropout seeds) are drawn with Keras seeded by `cfg.seed`, as
+        `analyses.evaluate.base_model` draws them again; the process's random state is left as
+        it was, for what the process builds afterwards."""
         cfg = self.cfg
-        with self.strategy.scope():
+        with self.strategy.scope(), seeded(cfg.seed):
             # The policy goes to the model alone: Keras's global one is left as it was.
             self.model = build_model(cfg, self.meta, dtype=cfg.precision)
             self.optimizer = make_optimizer(
@@ -311,16 +314,19 @@ class Trainer:
 
     # ---- data -----------------------------------------------------------------------------
     def _epoch_dataset(self, epoch: int, skip_steps: int):
-        """Epoch `epoch`'s micro-batches in a fixed seeded order, after `skip_steps` steps."""
-        ds = load_tfrecords(
-            self.cfg.data_dir,
-            "train",
-            self.micro_batch,
-            shuffle=True,
-            seed=self.cfg.seed + epoch,
-            drop_remainder=True,
-            stage=self.cfg.stage or None,
-        )
+        """Epoch `epoch`'s micro-batches in a fixed seeded order, after `skip_steps` steps. The
+        shuffle's seed pairs `seed + epoch` with TensorFlow's global seed, so that is `seed` too
+        while the dataset is made (and what it was afterwards)."""
+        with seeded(self.cfg.seed):
+            ds = load_tfrecords(
+                self.cfg.data_dir,
+                "train",
+                self.micro_batch,
+                shuffle=True,
+                seed=self.cfg.seed + epoch,
+                drop_remainder=True,
+                stage=self.cfg.stage or None,
+            )
         ds = ds.take(self.steps_per_epoch * self.cfg.grad_accum_steps)
         ds = ds.skip(skip_steps * self.cfg.grad_accum_steps)
         options = tf.data.Options()
@@ -349,7 +355,7 @@ class Trainer:
         if score < self._state("best"):
             self.state["best"].assign(score)
             self.state["bad_evals"].assign(0)
-            self._save_model("best")
+            self._save_model(run_folder.BEST)
         else:
             self.state["bad_evals"].assign_add(1)
         if self.is_lm:
@@ -392,7 +398,7 @@ class Trainer:
             self.tokenizer.save_pretrained(folder)
             keys = ("task", "kind", "seq_len", "template", "label_names", "eos_id")
             task = {k: self.meta[k] for k in keys if k in self.meta}
-            write_json(os.path.join(folder, TASK_FILE), task)
+            write_json(os.path.join(folder, run_folder.TASK_FILE), task)
 
     def _resume(self) -> int:
         try:
@@ -411,7 +417,7 @@ class Trainer:
             self.monitor.flags(dataclasses.asdict(self.cfg))
             if self.chief:
                 write_json(
-                    os.path.join(self.cfg.output_dir, "train_config.json"),
+                    os.path.join(self.cfg.output_dir, run_folder.TRAIN_CONFIG),
                     dataclasses.asdict(self.cfg),
                 )
         return step
@@ -485,10 +491,11 @@ class Trainer:
         return self._finish(step, stop)
 
     def _finish(self, step: int, stopped_early: bool) -> dict:
-        self._save_model("final")
+        self._save_model(run_folder.FINAL)
         if self.cfg.lora_rank and self.chief:
-            os.makedirs(os.path.join(self.cfg.output_dir, "lora"), exist_ok=True)
-            save_lora(self.model, os.path.join(self.cfg.output_dir, "lora", "adapters.safetensors"))
+            folder = os.path.join(self.cfg.output_dir, run_folder.LORA)
+            os.makedirs(folder, exist_ok=True)
+            save_lora(self.model, os.path.join(folder, run_folder.LORA_ADAPTERS))
         if not self.chief:
             shutil.rmtree(self.manager.directory, ignore_errors=True)
         result = {
@@ -499,7 +506,7 @@ class Trainer:
             "validation": self._last_eval,
         }
         if self.chief:
-            write_json(os.path.join(self.cfg.output_dir, "result.json"), result)
+            write_json(os.path.join(self.cfg.output_dir, run_folder.RESULT), result)
         return result
 
 

@@ -10,9 +10,10 @@ import os
 from absl import flags
 
 from gpt2_tf import cli
+from gpt2_tf.core.run_folder import ANALYSIS, FINAL
 
 flags.DEFINE_string(
-    "model_dir", os.path.join("runs", "dictionary_tuning", "final"), "A trained model folder."
+    "model_dir", os.path.join("runs", "dictionary_tuning", FINAL), "A trained model folder."
 )
 flags.DEFINE_string(
     "data_dir", os.path.join("tfrecords", "dictionary_tuning"), "The prepared TFRecords."
@@ -48,7 +49,7 @@ def main(argv):
     examples = read_split(FLAGS.data_dir, FLAGS.split, tokenizer, FLAGS.max_examples)
     embed = get_embedder(model, tokenizer, FLAGS.embedder, label=FLAGS.model_dir)
     out = FLAGS.output_dir or os.path.join(
-        os.path.dirname(os.path.normpath(FLAGS.model_dir)), "analysis", "dictionary"
+        os.path.dirname(os.path.normpath(FLAGS.model_dir)), ANALYSIS, "dictionary"
     )
     title = f"Dictionary analysis of {FLAGS.model_dir} on {FLAGS.data_dir} ({FLAGS.split})"
     settings = {

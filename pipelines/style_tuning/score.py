@@ -14,8 +14,9 @@ import os
 from absl import app, flags
 
 from gpt2_tf import cli
+from gpt2_tf.core.run_folder import ANALYSIS, FINAL
 
-flags.DEFINE_string("model_dir", os.path.join("runs", "style_tuning", "final"), "Trained model.")
+flags.DEFINE_string("model_dir", os.path.join("runs", "style_tuning", FINAL), "Trained model.")
 flags.DEFINE_string(
     "input_file",
     None,
@@ -97,7 +98,7 @@ def main(argv):
         append_eos=FLAGS.append_eos,
     )
     out = FLAGS.output_dir or os.path.join(
-        os.path.dirname(os.path.normpath(FLAGS.model_dir)), "analysis", "score"
+        os.path.dirname(os.path.normpath(FLAGS.model_dir)), ANALYSIS, "score"
     )
     title = f"Answer probabilities under {FLAGS.model_dir} (template={FLAGS.template})"
     scoring.write_report(results, out, title)
