@@ -195,3 +195,32 @@ def test_sampling_settings_at_their_limits_are_clamped(pair):
     args = [tf.constant([[1, 2]]), tf.constant([[1, 1]]), 2, 2]
     with pytest.raises(tf.errors.InvalidArgumentError, match="temperature must be a finite"):
         decode(model, *args, float("nan"), 0, 1.0, tf.constant([0, 0]), tf.constant([0]))
+
+
+def test_compiled_helpers_neither_keep_a_model_alive_nor_miss_the_speed_switch(monkeypatch):
+    """generate() and perplexity_on() keep their compiled helpers per model, away from the model's
+    attributes: the model is freed once the caller drops it, and switching the speed path after
+    a first call traces again (the plain path then runs, with the same tokens)."""
+    import gc
+    import weakref
+
+    from gpt2_tf.core import compiled
+    from gpt2_tf.evaluation.loop import perplexity_on
+
+    model = GPT2LanguageModel("tiny")
+    x = {"token_ids": tf.constant([[1, 2, 3, 4]]), "padding_mask": tf.ones((1, 4), tf.int32)}
+    batch = [(x, tf.constant([[2, 3, 4, 5]]), tf.ones((1, 4)))]
+    fast = model.generate([[5, 6, 7]], 4)
+    perplexity_on(model, batch)
+    helpers = compiled._HELPERS[model]
+    assert set(helpers) == {"generator", "evaluation_step"}
+    assert not any(name.startswith("_gen") for name in vars(model))
+    monkeypatch.setenv("GPT2_TF_PLAIN", "1")
+    traces = helpers["generator"].traces
+    assert model.generate([[5, 6, 7]], 4) == fast
+    assert helpers["generator"].traces == traces + 1
+    monkeypatch.delenv("GPT2_TF_PLAIN")
+    ref = weakref.ref(model)
+    del model, helpers
+    gc.collect()
+    assert ref() is None, "a compiled helper kept the model alive"

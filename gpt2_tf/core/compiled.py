@@ -6,9 +6,15 @@ are seen; variables added or removed later (`enable_lora`, `load_lora`, `merge_l
 quantization) and a new dtype policy are not. `ModelFunction` keeps one `tf.function` per model
 structure and traces afresh when the structure changes, so a generator or an evaluation step
 kept on a model always computes what a plain forward pass of the model computes now.
+
+`for_model` keeps such helpers per model (a generator, an evaluation step) for as long as the
+model lives, in a table here rather than as attributes set on the model from outside.
 """
 
 from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -28,8 +34,12 @@ class ModelFunction:
     """`tf.function(fn, **kwargs)` for functions of `model`, traced again when its structure
     changes. `traces` counts Python traces (tests use it to check that calls reuse one)."""
 
-    def __init__(self, model, fn, **tf_function_kwargs):
-        self.model, self.traces = model, 0
+    def __init__(
+        self, model, fn, also: tuple[Callable[[], object], ...] = (), **tf_function_kwargs
+    ):
+        """`also`: more things a trace depends on, read at each call (e.g. `speed.enabled`).
+        The model is held weakly (see `for_model`); `fn` should hold it weakly too."""
+        self._model, self.traces, self._also = weakref.ref(model), 0, also
         self._kwargs, self._key, self._fn = tf_function_kwargs, None, None
 
         def counted(*args, **kwargs):  # a closure of its own: TensorFlow's retracing warning
@@ -38,8 +48,25 @@ class ModelFunction:
 
         self._counted = counted
 
+    @property
+    def model(self):
+        return self._model()
+
     def __call__(self, *args, **kwargs):
-        key = structure(self.model)
+        key = (structure(self.model), tuple(f() for f in self._also))
         if key != self._key:
             self._fn, self._key = tf.function(self._counted, **self._kwargs), key
         return self._fn(*args, **kwargs)
+
+
+_HELPERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def for_model(model, name: str, make: Callable[[], object]):
+    """The helper `name` of `model`: made by `make()` on first use, then kept until the model is
+    garbage-collected (one trace per model structure, not one per call). A helper must hold the
+    model weakly: a strong reference from the table's value would keep its key alive forever."""
+    helpers = _HELPERS.setdefault(model, {})
+    if name not in helpers:
+        helpers[name] = make()
+    return helpers[name]

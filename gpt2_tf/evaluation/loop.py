@@ -9,15 +9,14 @@ split (labels [B]) also gives each example's predicted label.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import weakref
 
 import numpy as np
 import tensorflow as tf
 
-from gpt2_tf.core.compiled import ModelFunction
+from gpt2_tf.core.compiled import ModelFunction, for_model
 from gpt2_tf.evaluation import metrics
-from gpt2_tf.model import losses
+from gpt2_tf.model import losses, speed
 
 
 @dataclasses.dataclass
@@ -59,17 +58,14 @@ def _batch_sums(model, x, y, w):
     return sums
 
 
-# One compiled step per model, kept while the model lives (it traces again when the model's
-# variables or dtype policy change: see ModelFunction).
-_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def _step(model) -> ModelFunction:
-    step = _STEPS.get(model)
-    if step is None:
-        step = ModelFunction(model, functools.partial(_batch_sums, model), reduce_retracing=True)
-        _STEPS[model] = step
-    return step
+    ref = weakref.ref(model)  # held weakly: see compiled.for_model
+
+    def make():
+        fn = lambda x, y, w: _batch_sums(ref(), x, y, w)  # noqa: E731
+        return ModelFunction(model, fn, also=(speed.enabled,), reduce_retracing=True)
+
+    return for_model(model, "evaluation_step", make)
 
 
 def run(model, dataset, max_batches: int = 0) -> Sums:

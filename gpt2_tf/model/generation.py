@@ -11,12 +11,14 @@ buckets, so calls of similar sizes reuse one trace.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from gpt2_tf.core.compiled import ModelFunction
+from gpt2_tf.core.compiled import ModelFunction, for_model
+from gpt2_tf.model import speed
 
 SAMPLERS = ("greedy", "temperature", "top_k", "top_p")
 BUCKET = 32  # prompt length and new-token count round up to a multiple of this
@@ -178,15 +180,19 @@ class Generator:
     """Compiled generation for one model; reuse it so traces are reused too."""
 
     def __init__(self, model, jit_compile: bool = False):
-        self.model = model
+        self._model = weakref.ref(model)  # held weakly: see compiled.for_model
 
         def fn(ids, mask, max_new, extra, temperature, top_k, top_p, seed, stop_ids):
             return decode(
-                model, ids, mask, max_new, extra, temperature, top_k, top_p, seed, stop_ids
+                self.model, ids, mask, max_new, extra, temperature, top_k, top_p, seed, stop_ids
             )
 
-        # Traced again when LoRA, a merge or a dtype changes the model after a first call.
-        self._fn = ModelFunction(model, fn, jit_compile=jit_compile)
+        # Traced again when LoRA, a merge, a dtype or the speed switch changes after a first call.
+        self._fn = ModelFunction(model, fn, also=(speed.enabled,), jit_compile=jit_compile)
+
+    @property
+    def model(self):
+        return self._model()
 
     @property
     def traces(self) -> int:
@@ -280,9 +286,7 @@ def generate(
     if stop_token_ids is None:
         stop_token_ids = (model.config.eos_token_id,)
     ids = [tokenizer.encode(x) for x in batch] if texts else [list(x) for x in batch]
-    generator = getattr(model, "_generator", None)
-    if generator is None:
-        generator = model._generator = Generator(model)
+    generator = for_model(model, "generator", lambda: Generator(model))
     new = generator(ids, max_new_tokens, sampler, temperature, top_k, top_p, seed, stop_token_ids)
     if texts:
         stops = set(stop_token_ids)

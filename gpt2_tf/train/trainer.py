@@ -19,7 +19,7 @@ import tensorflow as tf
 from absl import logging
 
 from gpt2_tf.core import run_folder
-from gpt2_tf.core.compat import seeded
+from gpt2_tf.core.compat import loss_scale, seeded
 from gpt2_tf.core.hardware import resolve_precision
 from gpt2_tf.core.locking import FolderLock
 from gpt2_tf.core.reports import write_json
@@ -275,7 +275,7 @@ class Trainer:
         nll, count, correct, tokens = ctx.all_reduce(tf.distribute.ReduceOp.SUM, sums)
         # Mean over the target tokens (examples) of the whole global batch, then clipping: one
         # factor, applied inside each variable's update where the optimizer allows it.
-        scale = tf.cast(getattr(self.optimizer, "dynamic_scale", 1.0), tf.float32)
+        scale = tf.cast(loss_scale(self.optimizer), tf.float32)
         per_token = 1.0 / tf.maximum(count, 1.0)
         norm = tf.linalg.global_norm(grads) * per_token / scale
         factor = per_token
@@ -291,7 +291,7 @@ class Trainer:
         # The wrapper halves its scale exactly when it skips an update (non-finite gradients).
         skipped = tf.zeros([])
         if self._loss_scaled:
-            skipped = tf.cast(self.optimizer.dynamic_scale < scale, tf.float32)
+            skipped = tf.cast(loss_scale(self.optimizer) < scale, tf.float32)
         return {
             "loss": nll / tf.maximum(count, 1.0),
             "grad_norm": norm,
