@@ -113,10 +113,8 @@ def _lm_endpoints(model, tok, eos: int, spec=None, seq_len: int | None = None) -
     names = list(spec.input_fields)
 
     def serve_fields(*args):
-        fields, (max_new_tokens, temperature, top_k, top_p, seed) = (
-            dict(zip(names, args[: len(names)])),
-            args[len(names) :],
-        )
+        fields = dict(zip(names, args[: len(names)]))  # then the settings, as in SETTINGS
+        max_new_tokens, temperature, top_k, top_p, seed = args[len(names) :]
 
         def run():  # the prompt fitted as `inference.predict` fits it beside max_new_tokens
             max_new = tf.clip_by_value(max_new_tokens, 1, limit - 1)
