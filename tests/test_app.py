@@ -11,6 +11,8 @@ pytest.importorskip("streamlit")  # the `app` extra
 import pyarrow as pa  # noqa: E402  (a dependency of streamlit)
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from gpt2_tf.core.run_folder import EXPORT_EXTRA  # noqa: E402
+from gpt2_tf.data.tasks.instruction import render_prompt  # noqa: E402
 from gpt2_tf.serve.app import DEFAULT_MODEL, load_model, model_arg, resolve  # noqa: E402
 from gpt2_tf.serve.export import export_saved_model  # noqa: E402
 from gpt2_tf.serve.inference import load_trained, predict  # noqa: E402
@@ -19,6 +21,7 @@ APP = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gpt2_tf", "serve", "app.py"
 )
 PROMPT = "Name a colour."
+CONTEXT = "The sky is blue and the grass is green."
 
 
 def page(monkeypatch, model: str) -> AppTest:
@@ -81,12 +84,13 @@ def test_lm_page_generates_what_the_library_generates(lm_dir, monkeypatch):
     at.sidebar.slider(key="temperature").set_value(1.5)
     at.sidebar.slider(key="top_k").set_value(20)
     at.sidebar.number_input(key="seed").set_value(3)
-    at = submit(at, prompt=PROMPT)
+    at = submit(at, instruction=PROMPT, context=CONTEXT)  # the task's input fields
     assert not at.exception and not at.error
     loaded, _ = load_model(lm_dir)  # the page's cached model: its generation trace is reused
     settings = dict(sampler="top_k", max_new_tokens=12, temperature=1.5, top_k=20, seed=3)
     args = loaded.model, loaded.tokenizer, loaded.task
-    (want,) = predict(*args, [{"text": PROMPT}], **settings)
+    (want,) = predict(*args, [{"instruction": PROMPT, "context": CONTEXT}], **settings)
+    assert "### Context:" in want["prompt"]
     output, prompt = (c.value for c in at.code)
     assert output == want["output"] and want["output"].strip()
     assert prompt == want["prompt"].rstrip("\n")  # st.code drops the final newline
@@ -95,7 +99,7 @@ def test_lm_page_generates_what_the_library_generates(lm_dir, monkeypatch):
 
 
 def test_empty_prompt_asks_for_text(lm_dir, monkeypatch):
-    at = submit(page(monkeypatch, lm_dir), prompt="   ")
+    at = submit(page(monkeypatch, lm_dir), instruction="   ", context="some context")
     assert "Enter some text" in at.warning[0].value and not at.code
 
 
@@ -105,7 +109,7 @@ def test_classifier_page_shows_probabilities_and_top_label(classifier_dir, monke
     assert not at.sidebar.slider  # no sampling controls for a classifier
     assert at.button(key="run").label == "Classify"
     text = "i feel so happy today"
-    at = submit(at, prompt=text)
+    at = submit(at, text=text)
     assert not at.exception and not at.error
     loaded, _ = load_model(classifier_dir)
     task = loaded.task
@@ -121,16 +125,19 @@ def test_export_folder_serves_its_highest_version(lm_dir, classifier_dir, tmp_pa
     export_saved_model(model, tokenizer, str(tmp_path / "lm"), task, version=2)
     os.makedirs(tmp_path / "lm" / "1")
     (tmp_path / "lm" / "1" / "saved_model.pb").touch()  # an older version, never loaded
-    at = submit(page(monkeypatch, str(tmp_path / "lm")), prompt=PROMPT)
+    at = submit(page(monkeypatch, str(tmp_path / "lm")), instruction=PROMPT)  # no context
     assert not at.exception and not at.error
     assert os.path.join("lm", "2") in at.caption[0].value
     assert at.code[-1].value == "### Instruction:\nName a colour.\n\n### Response:"  # template
     assert at.code[0].value.strip()  # top_p sampling by default: some text
+    at = submit(at, context=CONTEXT)  # the Context section, rendered in the export's graph
+    assert not at.exception and not at.error
+    assert at.code[-1].value == render_prompt(PROMPT, CONTEXT).rstrip("\n")
 
     model, tokenizer, task = load_trained(classifier_dir)
     path = export_saved_model(model, tokenizer, str(tmp_path / "clf"), task)
-    with open(os.path.join(path, "assets.extra.json"), encoding="utf-8") as f:
+    with open(os.path.join(path, EXPORT_EXTRA), encoding="utf-8") as f:
         assert json.load(f)["task"]["label_names"] == task["label_names"]
-    at = submit(page(monkeypatch, path), prompt="i feel so happy today")
+    at = submit(page(monkeypatch, path), text="i feel so happy today")
     (want,) = predict(model, tokenizer, task, [{"text": "i feel so happy today"}])
     assert chart_data(at) == pytest.approx(want["probabilities"], abs=1e-4)

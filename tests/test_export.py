@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from gpt2_tf.core.run_folder import EXPORT_EXTRA
+from gpt2_tf.data.tasks import EncodeContext, get_task
 from gpt2_tf.serve.export import export_saved_model
 from gpt2_tf.serve.inference import load_trained, predict
 from tests.conftest import train_tiny
@@ -154,7 +156,7 @@ def test_classifier_export_and_test_pipeline(classifier_dir, tmp_path):
     expected = predict(model, tokenizer, task, [{"text": t} for t in texts])
     path = export_saved_model(model, tokenizer, str(tmp_path / "exports"), task)
     served = in_fresh_process(f"""
-out = tf.saved_model.load({path!r}).signatures["serving_default"](texts=tf.constant({texts!r}))
+out = tf.saved_model.load({path!r}).signatures["serving_default"](text=tf.constant({texts!r}))
 print(json.dumps({{"p": out["probabilities"].numpy().tolist(),
                   "labels": [x.decode() for x in out["labels"].numpy()]}}))
 """)
@@ -184,19 +186,83 @@ print(json.dumps({{"p": out["probabilities"].numpy().tolist(),
 def test_entailment_export_takes_premises_and_hypotheses(rte_dir, tmp_path):
     model_dir = train_tiny(rte_dir, tmp_path / "run", lora_rank=4)
     model, tokenizer, task = load_trained(model_dir)
-    pairs = [("A dog runs in the park.", "An animal is outside."), ("It rained.", "It was dry.")]
-    expected = predict(model, tokenizer, task, [{"premise": p, "hypothesis": h} for p, h in pairs])
+    long = "The committee, after a long debate in the old hall, voted on the budget. " * 20
+    pairs = [
+        ("A dog runs in the park.", "An animal is outside."),
+        ("It rained.", "It was dry."),
+        (long, "The committee voted."),  # longer than seq_len: the premise is cut, in the graph
+    ]
+    inputs = [{"premise": p, "hypothesis": h} for p, h in pairs]
+    spec = get_task(task["task"])
+    ctx = EncodeContext(tokenizer, task["seq_len"], {})
+    assert len(tokenizer.encode(long)) > task["seq_len"]
+    assert len(spec.prompt(inputs[2], ctx)) == task["seq_len"]
+    expected = predict(model, tokenizer, task, inputs)
     path = export_saved_model(model, tokenizer, str(tmp_path / "exports"), task)
+    with open(os.path.join(path, EXPORT_EXTRA), encoding="utf-8") as f:
+        extra = json.load(f)
+    assert extra["input_fields"] == ["premise", "hypothesis"]
+    assert extra["signatures"]["fields"]["inputs"] == ["premise", "hypothesis"]
     served = in_fresh_process(f"""
-f = tf.saved_model.load({path!r}).signatures["serving_default"]
-premises = tf.constant({[p for p, _ in pairs]!r})
-out = f(premises=premises, hypotheses=tf.constant({[h for _, h in pairs]!r}))
-print(json.dumps({{"p": out["probabilities"].numpy().tolist()}}))
+loaded = tf.saved_model.load({path!r})
+res = {{}}
+for name in ("serving_default", "fields"):
+    out = loaded.signatures[name](premise=tf.constant({[p for p, _ in pairs]!r}),
+                                  hypothesis=tf.constant({[h for _, h in pairs]!r}))
+    res[name] = out["probabilities"].numpy().tolist()
+print(json.dumps(res))
 """)
-    for got, want in zip(served["p"], expected):
-        np.testing.assert_allclose(
-            got, [want["probabilities"][n] for n in task["label_names"]], atol=1e-4
-        )
+    for name in ("serving_default", "fields"):
+        for got, want in zip(served[name], expected, strict=True):
+            np.testing.assert_allclose(
+                got, [want["probabilities"][n] for n in task["label_names"]], atol=1e-4
+            )
+
+
+@pytest.mark.slow
+def test_lm_fields_signature_applies_the_template_in_the_graph(lm_dir, tmp_path):
+    """`fields` takes Dolly's instruction and context; it generates what `serving_default`
+    generates from the prompt the Python template renders, and what `predict` generates."""
+    model, tokenizer, task = load_trained(lm_dir)
+    long = "Zoë's café serves coffee, tea and cake to the people of the old town. " * 12
+    inputs = [
+        {"instruction": "Name a colour.", "context": ""},  # no Context section
+        {"instruction": "Summarise the text.", "context": "Cats sleep a lot. They purr."},
+        {"instruction": "Where is the café?", "context": long},  # the context is cut
+    ]
+    max_new = 8
+    expected = predict(model, tokenizer, task, inputs, max_new_tokens=max_new)
+    assert len(tokenizer.encode(expected[2]["prompt"])) < len(tokenizer.encode(long))
+    prompts = [x["prompt"] for x in expected]  # the Python-rendered (and fitted) prompts
+    path = export_saved_model(model, tokenizer, str(tmp_path / "exports"), task)
+    with open(os.path.join(path, EXPORT_EXTRA), encoding="utf-8") as f:
+        extra = json.load(f)
+    assert extra["input_fields"] == ["instruction", "context"]
+    assert extra["signatures"]["serving_default"]["inputs"][0] == "prompts"
+    assert extra["signatures"]["fields"]["inputs"][:2] == ["instruction", "context"]
+    served = in_fresh_process(f"""
+loaded = tf.saved_model.load({path!r})
+settings = dict(max_new_tokens=tf.constant({max_new}), temperature=tf.constant(0.0),
+                top_k=tf.constant(0), top_p=tf.constant(1.0), seed=tf.constant(0))
+res = {{}}
+out = loaded.signatures["fields"](instruction=tf.constant({[x["instruction"] for x in inputs]!r}),
+                                  context=tf.constant({[x["context"] for x in inputs]!r}),
+                                  **settings)
+res["fields"] = {{k: v.numpy().tolist() for k, v in out.items() if v.dtype != tf.string}}
+res["fields"]["prompts"] = [x.decode("utf-8") for x in out["prompts"].numpy()]
+res["fields"]["outputs"] = [x.decode("utf-8") for x in out["outputs"].numpy()]
+out = loaded.signatures["serving_default"](prompts=tf.constant({prompts!r}), **settings)
+res["prompts"] = {{k: v.numpy().tolist() for k, v in out.items() if v.dtype != tf.string}}
+empty = loaded.signatures["fields"](instruction=tf.zeros([0], tf.string),
+                                    context=tf.zeros([0], tf.string), **settings)
+res["empty"] = [v.shape[0] for v in empty.values()]
+print(json.dumps(res))
+""")
+    fields, plain = served["fields"], served["prompts"]
+    assert fields["output_ids"] == plain["output_ids"] and fields["lengths"] == plain["lengths"]
+    assert fields["prompts"] == prompts
+    assert fields["outputs"] == [x["output"] for x in expected]
+    assert served["empty"] == [0, 0, 0, 0]
 
 
 def test_instruction_prompts_use_the_training_template(lm_dir, tokenizer):

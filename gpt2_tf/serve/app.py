@@ -1,19 +1,20 @@
 """A Streamlit page for trying a trained model or a SavedModel export in the browser.
 
-    make app MODEL=runs/instruction_tuning/final
+    make app MODEL=runs/<task>/final
     streamlit run gpt2_tf/app.py -- --model PATH
 
 PATH is a trained folder (`runs/<task>/final`, with `task.json`), a SavedModel version folder
 (`exports/<task>/3`) or an export folder, whose highest version is then used; the sidebar can
 change it. LM tasks get a prompt, the sampling controls and the continuation; classifiers get the
-label probabilities as a bar chart and the top label. A loaded model is cached per folder and
-modification time, so a retrained or re-exported model is picked up on the next run.
+label probabilities as a bar chart and the top label. The input boxes are the task's
+`input_fields` (e.g. instruction and context, or premise and hypothesis). A loaded model is
+cached per folder and modification time, so a retrained or re-exported model is picked up on the
+next run.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
@@ -21,10 +22,11 @@ import sys
 import streamlit as st
 
 from gpt2_tf.core.run_folder import EXPORT_EXTRA, TASK_FILE
+from gpt2_tf.data.tasks import DEFAULT_TASK
 from gpt2_tf.model.generation import SAMPLERS, sampler_settings
 
-DEFAULT_MODEL = os.path.join("runs", "instruction_tuning", "final")
-ENTAILMENT = "entailment_tuning"
+DEFAULT_MODEL = os.path.join("runs", DEFAULT_TASK, "final")
+FIELDS, PROMPTS = "fields", "serving_default"  # the export's signatures (serve/export.py)
 
 
 def model_arg(argv: list[str]) -> str:
@@ -62,9 +64,11 @@ class TrainedModel:
     """A folder written by training, run through `gpt2_tf.serve.inference.predict`."""
 
     def __init__(self, path: str):
+        from gpt2_tf.data.tasks import get_task
         from gpt2_tf.serve.inference import load_trained
 
         self.model, self.tokenizer, self.task = load_trained(path)
+        self.input_fields = get_task(self.task["task"]).input_fields
         self.max_positions = self.model.config.n_positions
 
     def _predict(self, fields: dict, settings: dict) -> dict:
@@ -81,7 +85,9 @@ class TrainedModel:
 
 
 class ExportedModel:
-    """A SavedModel version folder, run through its `serving_default` signature."""
+    """A SavedModel version folder, run through its `fields` signature: the task's raw input
+    fields in, the template applied in the graph. An LM exported without its task has only
+    `serving_default`, which takes a finished prompt (one "text" field here)."""
 
     def __init__(self, path: str):
         import tensorflow as tf
@@ -90,27 +96,23 @@ class ExportedModel:
         if not os.path.isfile(extra):
             raise FileNotFoundError(f"{path}: no {EXPORT_EXTRA}; export with gpt2_tf.serve.export")
         with open(extra, encoding="utf-8") as f:
-            self.task = json.load(f)["task"]
+            extra = json.load(f)
+        self.task = extra["task"]
         self._loaded = tf.saved_model.load(path)  # the signature needs its object kept alive
-        self._serve = self._loaded.signatures["serving_default"]
+        if FIELDS in self._loaded.signatures:
+            self._serve, self.input_fields = self._loaded.signatures[FIELDS], extra["input_fields"]
+        elif self.task["kind"] != "classifier":
+            self._serve, self.input_fields = self._loaded.signatures[PROMPTS], ("text",)
+        else:
+            raise ValueError(f"{path}: no {FIELDS!r} signature; re-export it with gpt2_tf")
         self.max_positions = None  # the export clips max_new_tokens itself
 
-    @functools.cached_property
-    def _tokenizer(self):
-        from gpt2_tf.tokenizer.bpe import GPT2Tokenizer
+    def _texts(self, fields: dict) -> dict:
+        import tensorflow as tf
 
-        return GPT2Tokenizer.from_pretrained()  # any GPT-2 vocabulary renders the same text
-
-    def _prompt_text(self, fields: dict) -> str:
-        """The export takes raw text (the task's template is not in the graph), so the template
-        is applied here, as `predict` does for a trained folder."""
-        from gpt2_tf.data.tasks import EncodeContext, get_task
-
-        spec = get_task(self.task["task"]) if "task" in self.task else None
-        if spec is None or spec.prompt is None:
-            return fields["text"]
-        ctx = EncodeContext(self._tokenizer, self.task["seq_len"], {})
-        return self._tokenizer.decode(spec.prompt(fields, ctx))
+        if FIELDS not in self._loaded.signatures:
+            return {"prompts": tf.constant([fields["text"]])}
+        return {name: tf.constant([fields.get(name, "")]) for name in self.input_fields}
 
     def generate(self, fields: dict, settings: dict) -> dict:
         import tensorflow as tf
@@ -118,25 +120,20 @@ class ExportedModel:
         temperature, top_k, top_p = sampler_settings(
             settings["sampler"], settings["temperature"], settings["top_k"], settings["top_p"]
         )
-        prompt = self._prompt_text(fields)
         out = self._serve(
-            prompts=tf.constant([prompt]),
+            **self._texts(fields),
             max_new_tokens=tf.constant(settings["max_new_tokens"], tf.int32),
             temperature=tf.constant(temperature, tf.float32),
             top_k=tf.constant(top_k, tf.int32),
             top_p=tf.constant(top_p, tf.float32),
             seed=tf.constant(settings["seed"], tf.int32),
         )
-        return {"prompt": prompt, "output": out["outputs"][0].numpy().decode("utf-8", "replace")}
+        text = lambda name: out[name][0].numpy().decode("utf-8", "replace")  # noqa: E731
+        prompt = text("prompts") if "prompts" in out else fields["text"]  # as the model saw it
+        return {"prompt": prompt, "output": text("outputs")}
 
     def classify(self, fields: dict) -> dict[str, float]:
-        import tensorflow as tf
-
-        if self.task.get("task") == ENTAILMENT:
-            inputs = {"premises": [fields["premise"]], "hypotheses": [fields["hypothesis"]]}
-        else:
-            inputs = {"texts": [fields["text"]]}
-        out = self._serve(**{k: tf.constant(v) for k, v in inputs.items()})
+        out = self._serve(**self._texts(fields))
         probs = out["probabilities"].numpy()[0].round(4).tolist()
         return dict(zip(self.task["label_names"], probs))
 
@@ -188,15 +185,12 @@ def generation_settings(max_positions: int | None) -> dict:
     }
 
 
-def input_fields(task: dict) -> dict:
-    """The text areas for this task's inputs: premise + hypothesis for entailment, else one."""
-    if task.get("task") == ENTAILMENT:
-        return {
-            "premise": st.text_area("Premise", key="premise"),
-            "hypothesis": st.text_area("Hypothesis", key="hypothesis"),
-        }
-    label = "Text to classify" if task["kind"] == "classifier" else "Prompt"
-    return {"text": st.text_area(label, key="prompt", height=120)}
+def input_fields(names) -> dict:
+    """A text area for each of the task's input fields (`TaskSpec.input_fields`)."""
+    return {
+        name: st.text_area(name.replace("_", " ").capitalize(), key=name, height=120)
+        for name in names
+    }
 
 
 def show_generation(result: dict) -> None:
@@ -221,7 +215,7 @@ def show_probabilities(probs: dict[str, float]) -> None:
 
 def run_model(model, folder: str, fields: dict, settings: dict) -> None:
     """Runs one input and keeps the result in the session, so it stays through reruns."""
-    if not all(v.strip() for v in fields.values()):
+    if not next(iter(fields.values()), "").strip():  # the first field is the one needed
         st.warning("Enter some text first.")
         return
     try:
@@ -257,7 +251,7 @@ def main() -> None:
     kind = model.task["kind"]
     st.caption(f"`{folder}` · task {model.task.get('task', 'lm')} · {kind}")
     settings = generation_settings(model.max_positions) if kind != "classifier" else {}
-    fields = input_fields(model.task)
+    fields = input_fields(model.input_fields)
     if st.button("Classify" if kind == "classifier" else "Generate", key="run", type="primary"):
         run_model(model, folder, fields, settings)
     show_result(folder)

@@ -64,6 +64,12 @@ class TaskSpec:
     # an inference input (fields such as {"text": ...}) -> the ids the model sees, as in prep:
     # LM tasks the prompt, classifiers the whole input with its <|endoftext|>
     prompt: Callable[[dict, EncodeContext], list[int]] | None = None
+    # the fields of an inference input that `prompt` reads, in the order a form asks for them
+    input_fields: tuple[str, ...] = ("text",)
+    # `prompt` in the graph, for a SavedModel that takes the raw fields: ({field: [B] string},
+    # GraphTokenizer, seq_len scalar) -> [B, (T)] int32 ids, the same ids as `prompt`
+    # (helpers in `gpt2_tf.data.tasks.graph_prompt`)
+    graph_prompt: Callable[[dict, object, object], object] | None = None
     # tokenizer -> the shortest seq_len that holds the template with one token of each field
     # and <|endoftext|>; prep refuses a smaller --seq_len
     min_seq_len: Callable[[object], int] = lambda tokenizer: 2
@@ -83,6 +89,7 @@ TASKS = {
     "style_tuning": "gpt2_tf.data.tasks.style",
     "text_tuning": "gpt2_tf.data.tasks.text",
 }
+DEFAULT_TASK = "instruction_tuning"  # the app opens runs/<it>/final when given no --model
 
 
 def get_task(name: str) -> TaskSpec:

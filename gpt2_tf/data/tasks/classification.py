@@ -121,6 +121,13 @@ def prompt(fields: dict, ctx: EncodeContext) -> list[int]:
     return ids + [ctx.tokenizer.eos_id]
 
 
+def graph_prompt(fields: dict, tok, seq_len):
+    """`prompt` in the graph (see `gpt2_tf.data.tasks.graph_prompt`)."""
+    from gpt2_tf.data.tasks import graph_prompt as gp
+
+    return gp.with_eos(tok, gp.head(tok.encode(gp.valid(fields["text"])), seq_len - 1))
+
+
 def source(options: dict) -> dict:
     if options.get("hub_files"):
         return {"hub_id": HUB_ID, "paths": list(options["hub_files"].values())}
@@ -138,6 +145,8 @@ TASK = TaskSpec(
     resolve=resolve,
     source=source,
     prompt=prompt,
+    input_fields=("text",),
+    graph_prompt=graph_prompt,
     template=TEMPLATE,
     label_names=LABELS,
     seq_len=128,

@@ -140,6 +140,13 @@ def prompt(fields: dict, ctx: EncodeContext) -> list[int]:
     return ctx.tokenizer.encode(WORD_PROMPT.format(word=fields.get("word") or fields["text"]))
 
 
+def graph_prompt(fields: dict, tok, seq_len):
+    """`prompt` in the graph for {"word": w}, the forward direction (a definition asked)."""
+    from gpt2_tf.data.tasks import graph_prompt as gp
+
+    return tok.encode(gp.render(WORD_PROMPT, word=gp.valid(fields["word"])))
+
+
 def source(options: dict) -> dict:
     return {"paths": [options["input_jsonl"]]}
 
@@ -159,6 +166,8 @@ TASK = TaskSpec(
     resolve=resolve,
     source=source,
     prompt=prompt,
+    input_fields=("word",),
+    graph_prompt=graph_prompt,
     template=(
         f"forward: {WORD_PROMPT}{DEFINITION_TARGET}{EXAMPLE}<|endoftext|>   (the Example "
         f"line only when the sense has one: its first)   reverse: {DEFINITION_PROMPT}"

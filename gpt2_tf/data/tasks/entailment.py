@@ -106,6 +106,21 @@ def prompt(fields: dict, ctx: EncodeContext) -> list[int]:
     ]
 
 
+def graph_prompt(fields: dict, tok, seq_len):
+    """`prompt` in the graph (see `gpt2_tf.data.tasks.graph_prompt`): the premise cut first,
+    then the hypothesis, then <|endoftext|>."""
+    from gpt2_tf.data.tasks import graph_prompt as gp
+
+    def render_parts(premise, hypothesis):
+        return gp.render(
+            "{premise}" + SEPARATOR + "{hypothesis}", premise=premise, hypothesis=hypothesis
+        )
+
+    parts = [gp.valid(fields["premise"]), gp.valid(fields["hypothesis"])]
+    ids = gp.fit(tok, parts, render_parts, seq_len - 1)
+    return gp.with_eos(tok, gp.head(ids, seq_len - 1))
+
+
 def source(options: dict) -> dict:
     if options.get("tfds"):
         return {"tfds": TFDS_NAME, "data_dir": options["tfds_data_dir"]}
@@ -125,6 +140,8 @@ TASK = TaskSpec(
     resolve=resolve,
     source=source,
     prompt=prompt,
+    input_fields=("premise", "hypothesis"),
+    graph_prompt=graph_prompt,
     template=TEMPLATE,
     label_names=LABELS,
     fractions=(("train", 0.9), ("validation", 0.1)),

@@ -80,6 +80,22 @@ def prompt(fields: dict, ctx: EncodeContext) -> list[int]:
     return _fit(ctx.tokenizer, instruction, fields.get("context") or "", ctx.seq_len)[0]
 
 
+def graph_prompt(fields: dict, tok, seq_len):
+    """`prompt` in the graph (see `gpt2_tf.data.tasks.graph_prompt`): the same template and
+    the same cuts, the context first, then the instruction."""
+    import tensorflow as tf
+
+    from gpt2_tf.data.tasks import graph_prompt as gp
+
+    def render(context, instruction):
+        with_context = gp.render(WITH_CONTEXT, instruction=instruction, context=context)
+        no_context = gp.render(NO_CONTEXT, instruction=instruction)
+        return tf.where(gp.is_blank(context), no_context, with_context)
+
+    parts = [gp.valid(fields["context"]), gp.valid(fields["instruction"])]
+    return gp.fit(tok, parts, render, seq_len)
+
+
 def source(options: dict) -> dict:
     path = options["input_jsonl"]
     return {"paths": [path], "bundled_sample": path == BUNDLED}
@@ -98,6 +114,8 @@ TASK = TaskSpec(
     resolve=resolve,
     source=source,
     prompt=prompt,
+    input_fields=("instruction", "context"),
+    graph_prompt=graph_prompt,
     template=WITH_CONTEXT + "{response}<|endoftext|>   (### Context section only when non-empty)",
     seq_len=512,
     min_seq_len=min_seq_len,

@@ -407,7 +407,19 @@ def encode(row: Row, ctx: EncodeContext) -> Encoded:
 def prompt(fields: dict, ctx: EncodeContext) -> list[int]:
     """{"text": "A: hi\\nB: hello\\nA: how are you?", "speaker": "B"} -> B's reply prompt."""
     text = fields["text"].rstrip("\n")
-    return ctx.tokenizer.encode(text + PROMPT_END.format(target=fields.get("speaker", "B")))
+    return ctx.tokenizer.encode(text + PROMPT_END.format(target=fields.get("speaker") or "B"))
+
+
+def graph_prompt(fields: dict, tok, seq_len):
+    """`prompt` in the graph (see `gpt2_tf.data.tasks.graph_prompt`)."""
+    import tensorflow as tf
+
+    from gpt2_tf.data.tasks import graph_prompt as gp
+
+    text = tf.strings.regex_replace(gp.valid(fields["text"]), "\n+$", "")
+    speaker = gp.valid(fields["speaker"])
+    speaker = tf.where(speaker == "", "B", speaker)
+    return tok.encode(tf.strings.join([text, gp.render(PROMPT_END, target=speaker)]))
 
 
 def source(options: dict) -> dict:
@@ -428,6 +440,8 @@ TASK = TaskSpec(
     resolve=resolve,
     source=source,
     prompt=prompt,
+    input_fields=("text", "speaker"),
+    graph_prompt=graph_prompt,
     template=f"{TURN}\n{TURN}\n…{PROMPT_END}{TARGET}<|endoftext|>   (the last --context_turns "
     "turns, oldest first, then the --target_speaker)",
     seq_len=256,

@@ -206,6 +206,11 @@ def prompt(fields: dict, ctx: EncodeContext) -> list[int]:
     return ctx.tokenizer.encode(fields["text"])  # continue the text as it stands
 
 
+def graph_prompt(fields: dict, tok, seq_len):
+    """`prompt` in the graph: the text's ids, to be continued."""
+    return tok.encode(fields["text"])
+
+
 def source(options: dict) -> dict:
     return {"paths": text_files(options)}
 
@@ -217,6 +222,8 @@ TASK = TaskSpec(
     encode=encode,
     source=source,
     prompt=prompt,
+    input_fields=("text",),
+    graph_prompt=graph_prompt,
     template="{text}<|endoftext|>{next document}...  (packed, cut into seq_len blocks)",
     pack=True,
     seq_len=256,
