@@ -5,10 +5,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install test lint format demo bench app clean score-chat weight-diff analyze-dictionary staged-text prep-dolly prep-emotion prep-rte prep-dictionary \
-        prep-chat prep-text train-dolly train-emotion train-rte train-dictionary train-chat \
-        train-text
-# test-<task> and export-<task> are pattern rules below (make skips those for .PHONY names).
+.PHONY: install test lint format demo bench app clean score-chat weight-diff analyze-dictionary staged-text
+# prep-<task>, train-<task>, test-<task>, export-<task>, eval-<task> are pattern rules below
+# (make skips those for .PHONY names): <task> is a task's alias or name, resolved by the runner
+# (python -m pipelines <verb> <task>), so a new task (one file in gpt2_tf/data/tasks/) needs
+# no line here.
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,66 +54,41 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
 
-# ---- dataset prep: make prep-<task> [INPUT VARIABLE=path] [TOKENIZER=folder] [OUT=folder] ----
-# With no input path a prep reads the hub (online), or for Dolly the bundled sample (offline).
-# On this project's machines the shared data folder is the default where it exists.
+# ---- dataset prep: make prep-<task> [INPUT=path] [TOKENIZER=folder] [OUT=folder] --------------
+# INPUT is the task's input flag (--input_dir for rte, --chat_file for chat, ...: the runner's
+# --input names it). With no input path a prep reads the hub (online), or for Dolly the bundled
+# sample (offline). On this project's machines the shared data folder is the default where it
+# exists: INPUT_<task>, under the older names the README gives (RTE_DIR=..., CHAT_FILE=...).
 SHARED         := ../shared/data
 EMOTION_DIR      ?= $(wildcard $(SHARED)/emotion)
 RTE_DIR          ?= $(wildcard $(SHARED)/glue_rte)
 WIKTIONARY_JSONL ?= $(wildcard $(SHARED)/wiktionary/flat_senses.jsonl)
 CHAT_FILE        ?= $(wildcard $(SHARED)/chat_dialogs/dialogs.txt)
 TEXT_FILES       ?= $(wildcard $(SHARED)/chinese_poetry)
-PREP_FLAGS = $(if $(TOKENIZER),--tokenizer=$(TOKENIZER)) $(if $(OUT),--output_dir=$(OUT)) \
+INPUT_dolly      = $(DOLLY_JSONL)
+INPUT_emotion    = $(EMOTION_DIR)
+INPUT_rte        = $(RTE_DIR)
+INPUT_dictionary = $(WIKTIONARY_JSONL)
+INPUT_chat       = $(CHAT_FILE)
+INPUT_text       = $(TEXT_FILES)
+prep_input = $(or $(INPUT),$(INPUT_$*))
+PREP_FLAGS = $(if $(prep_input),--input=$(prep_input)) \
+             $(if $(TOKENIZER),--tokenizer=$(TOKENIZER)) $(if $(OUT),--output_dir=$(OUT)) \
              $(if $(OVERWRITE),--overwrite) $(PREP_ARGS)
 
-prep-dolly: $(STAMP)
-	$(BIN)/python -m pipelines.instruction_tuning.prep_dataset \
-	  $(if $(DOLLY_JSONL),--input_jsonl=$(DOLLY_JSONL)) $(PREP_FLAGS)
-
-prep-emotion: $(STAMP)
-	$(BIN)/python -m pipelines.classification_tuning.prep_dataset \
-	  $(if $(EMOTION_DIR),--input=$(EMOTION_DIR)) $(PREP_FLAGS)
-
-prep-rte: $(STAMP)
-	$(BIN)/python -m pipelines.entailment_tuning.prep_dataset \
-	  $(if $(RTE_DIR),--input_dir=$(RTE_DIR)) $(PREP_FLAGS)
-
-prep-dictionary: $(STAMP)
-	$(BIN)/python -m pipelines.dictionary_tuning.prep_dataset \
-	  $(if $(WIKTIONARY_JSONL),--input_jsonl=$(WIKTIONARY_JSONL)) $(PREP_FLAGS)
-
-prep-chat: $(STAMP)
-	$(BIN)/python -m pipelines.style_tuning.prep_dataset \
-	  $(if $(CHAT_FILE),--chat_file=$(CHAT_FILE)) $(PREP_FLAGS)
-
-prep-text: $(STAMP)
-	$(BIN)/python -m pipelines.text_tuning.prep_dataset \
-	  $(if $(TEXT_FILES),--text_files=$(TEXT_FILES)) $(PREP_FLAGS)
+prep-%: $(STAMP)
+	$(BIN)/python -m pipelines prep $* $(PREP_FLAGS)
 
 # ---- training: make train-<task> [MODEL=tiny|124M|gpt2|/path/to/folder] [DATA=..] [RUN=..] ----
 # MODEL is --init_from: a preset trains from random weights; a folder or hub id fine-tunes it.
 # Rerunning the same command resumes from runs/<task>/checkpoints; pick another RUN= to start anew.
+# The task's own defaults (e.g. LoRA for rte) are its TaskSpec's train_defaults.
 MODEL ?= tiny
 TRAIN_FLAGS = --init_from=$(MODEL) $(if $(DATA),--data_dir=$(DATA)) $(if $(RUN),--output_dir=$(RUN)) \
               $(TRAIN_ARGS)
 
-train-dolly: $(STAMP)
-	$(BIN)/python -m pipelines.instruction_tuning.train $(TRAIN_FLAGS)
-
-train-emotion: $(STAMP)
-	$(BIN)/python -m pipelines.classification_tuning.train $(TRAIN_FLAGS)
-
-train-rte: $(STAMP)
-	$(BIN)/python -m pipelines.entailment_tuning.train $(TRAIN_FLAGS)
-
-train-dictionary: $(STAMP)
-	$(BIN)/python -m pipelines.dictionary_tuning.train $(TRAIN_FLAGS)
-
-train-chat: $(STAMP)
-	$(BIN)/python -m pipelines.style_tuning.train $(TRAIN_FLAGS)
-
-train-text: $(STAMP)
-	$(BIN)/python -m pipelines.text_tuning.train $(TRAIN_FLAGS)
+train-%: $(STAMP)
+	$(BIN)/python -m pipelines train $* $(TRAIN_FLAGS)
 
 # ---- running and exporting a trained model: make test-<task> PROMPT="..." / make export-<task> --
 # RUN is the training output folder (default runs/<task>); its final/ model is used.
@@ -121,29 +97,23 @@ INPUT_FILE ?=
 model_dir = $(if $(RUN),--model_dir=$(RUN)/final)
 TEST_FLAGS = $(model_dir) $(if $(PROMPT),--prompt="$(PROMPT)") $(if $(INPUT_FILE),--input_file=$(INPUT_FILE)) $(TEST_ARGS)
 EXPORT_FLAGS = $(model_dir) $(if $(EXPORT_DIR),--export_dir=$(EXPORT_DIR)) $(EXPORT_ARGS)
-TASK_dolly = instruction_tuning
-TASK_emotion = classification_tuning
-TASK_rte = entailment_tuning
-TASK_dictionary = dictionary_tuning
-TASK_chat = style_tuning
-TASK_text = text_tuning
 
 test-%: $(STAMP)
-	$(BIN)/python -m pipelines.$(TASK_$*).test $(TEST_FLAGS)
+	$(BIN)/python -m pipelines test $* $(TEST_FLAGS)
 
 export-%: $(STAMP)
-	$(BIN)/python -m pipelines.$(TASK_$*).export $(EXPORT_FLAGS)
+	$(BIN)/python -m pipelines export $* $(EXPORT_FLAGS)
 
 # ---- analyses: results go to <run>/analysis/ (RUN = the training output folder) ----
 score-chat: $(STAMP)
-	$(BIN)/python -m pipelines.style_tuning.score $(model_dir) \
+	$(BIN)/python -m pipelines score chat $(model_dir) \
 	  $(if $(INPUT_FILE),--input_file=$(INPUT_FILE)) $(SCORE_ARGS)
 
 weight-diff: $(STAMP)
 	$(BIN)/python -m pipelines.weight_diff --a=$(A) --b=$(B) $(WEIGHT_DIFF_ARGS)
 
 analyze-dictionary: $(STAMP)
-	$(BIN)/python -m pipelines.dictionary_tuning.analyze $(model_dir) \
+	$(BIN)/python -m pipelines analyze dictionary $(model_dir) \
 	  $(if $(DATA),--data_dir=$(DATA)) $(ANALYZE_ARGS)
 
 # ---- evaluation: make eval-<task> [RUN=runs/<task>] [DATA=..] [EVAL_ARGS="--num_generations=50"] --
@@ -152,10 +122,10 @@ analyze-dictionary: $(STAMP)
 EVAL_FLAGS = $(model_dir) $(if $(DATA),--data_dir=$(DATA)) $(EVAL_ARGS)
 
 eval-%: $(STAMP)
-	$(BIN)/python -m pipelines.$(TASK_$*).evaluate $(EVAL_FLAGS)
+	$(BIN)/python -m pipelines evaluate $* $(EVAL_FLAGS)
 
 # ---- staged fine-tuning: make prep-text PREP_ARGS=--num_stages=3, then make staged-text --------
 # Trains stage 1..N in turn (each from the last one's weights) into RUN (default
 # runs/text_tuning_staged)/stage{k}, evaluating after each; results in RUN/eval.
 staged-text: $(STAMP)
-	$(BIN)/python -m pipelines.text_tuning.staged $(TRAIN_FLAGS) $(STAGED_ARGS)
+	$(BIN)/python -m pipelines staged text $(TRAIN_FLAGS) $(STAGED_ARGS)

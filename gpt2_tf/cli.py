@@ -1,8 +1,9 @@
 """absl flags shared by the pipelines, and the calls they make into the library.
 
-A pipeline script defines its task's own flags, calls `define_prep_flags(...)` for the common
-ones, and in `main` calls `run_prep(task, {...its options...})`. Every flag has a default and a
-help string; nothing runs on import.
+Every fact about a task lives in its `TaskSpec` (gpt2_tf/data/tasks/): `define_prep_flags(task)`
+defines the common prep flags and the task's own `prep_flags` (--seq_len defaults to its
+`seq_len`); `define_train_flags(task)` takes its `train_defaults`. `task` is a task name or alias.
+The runner (`python -m pipelines <verb> <task>`) calls these; nothing runs on import.
 """
 
 from __future__ import annotations
@@ -48,15 +49,40 @@ def run(main) -> None:
     app.run(reporting)
 
 
-def define_prep_flags(task: str, seq_len: int) -> None:
+def _spec(task):
+    """A task's TaskSpec from its name or alias (a TaskSpec is returned as it is)."""
+    from gpt2_tf.data.tasks import TaskSpec, get_task
+
+    return task if isinstance(task, TaskSpec) else get_task(task)
+
+
+def _define(flag) -> None:
+    """An absl flag from a `tasks.Flag` record."""
+    if flag.kind == "enum":
+        flags.DEFINE_enum(flag.name, flag.default, list(flag.choices), flag.help)
+    else:
+        getattr(flags, f"DEFINE_{flag.kind}")(flag.name, flag.default, flag.help)
+    if flag.required:
+        flags.mark_flag_as_required(flag.name)
+
+
+def define_prep_flags(task) -> None:
+    """The common prep flags and the task's own (`TaskSpec.prep_flags`); --input also names the
+    task's input flag (make prep-<alias> INPUT=... passes it whatever the task calls it)."""
+    spec = _spec(task)
+    for flag in spec.prep_flags:
+        _define(flag)
+    names = {f.name for f in spec.prep_flags}
+    if spec.input_flag and "input" not in names:
+        flags.DEFINE_alias("input", spec.input_flag)
     flags.DEFINE_string(
         "tokenizer",
         None,
         "Tokenizer folder or hub id (default: $GPT2_TF_TOKENIZER, else GPT-2's vocabulary "
         "shipped with gpt2_tf).",
     )
-    flags.DEFINE_string("output_dir", os.path.join("tfrecords", task), "Output folder.")
-    flags.DEFINE_integer("seq_len", seq_len, "Tokens per example (padded to this length).")
+    flags.DEFINE_string("output_dir", os.path.join("tfrecords", spec.name), "Output folder.")
+    flags.DEFINE_integer("seq_len", spec.seq_len, "Tokens per example (padded to this length).")
     flags.DEFINE_integer("seed", 0, "Seed of the split (and of --subsample).")
     flags.DEFINE_integer("num_shards", 1, "TFRecord shards per split.")
     flags.DEFINE_enum(
@@ -83,26 +109,41 @@ def prep_options(task_options: dict, **extra):
     )
 
 
-def run_prep(task, task_options: dict, **extra) -> dict:
-    """Runs a task's prep (a name or a TaskSpec) with the common flags; returns its metadata."""
+def run_prep(task, task_options: dict | None = None, **extra) -> dict:
+    """Runs a task's prep (a name, alias or TaskSpec) with the common flags; returns its
+    metadata. The task options and PrepOptions extras default to its `prep_flags`' values."""
     from gpt2_tf.data.prep import prepare
-    from gpt2_tf.data.tasks import get_task
     from gpt2_tf.tokenizer.bpe import GPT2Tokenizer
 
-    spec = get_task(task) if isinstance(task, str) else task
+    spec = _spec(task)
+    if task_options is None:
+        task_options = {f.name: FLAGS[f.name].value for f in spec.prep_flags if not f.prep_option}
+        extra = {
+            **{f.name: FLAGS[f.name].value for f in spec.prep_flags if f.prep_option},
+            **extra,
+        }
+    if spec.configure is not None:
+        spec = spec.configure(spec, task_options)
     tokenizer = GPT2Tokenizer.from_pretrained(FLAGS.tokenizer)
     return prepare(spec, tokenizer, prep_options(task_options, **extra))
 
 
-def define_train_flags(task: str, **defaults) -> None:
-    """Every TrainConfig field as a flag; `defaults` are the task's own (e.g. LoRA for RTE)."""
+def define_train_flags(task, **defaults) -> None:
+    """Every TrainConfig field as a flag, with the task's `train_defaults` (e.g. LoRA for RTE)
+    and then `defaults` over TrainConfig's."""
     from gpt2_tf.train.distribute import STRATEGIES
     from gpt2_tf.train.optim import SCHEDULES
     from gpt2_tf.train.trainer import PRECISIONS, TrainConfig
 
     global _TRAIN_TASK
+    spec = _spec(task)
+    task = spec.name
     _TRAIN_TASK = task  # run_train checks that --data_dir holds this task's data
     d = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not MISSING}
+    unknown = set(spec.train_defaults) - set(d)
+    if unknown:
+        raise ValueError(f"task {task}: train_defaults names no training flag: {sorted(unknown)}")
+    d.update(spec.train_defaults)
     d.update(defaults)
     flags.DEFINE_string("data_dir", os.path.join("tfrecords", task), "Prepared TFRecords.")
     flags.DEFINE_string("output_dir", os.path.join("runs", task), "Checkpoints, models, logs.")
@@ -178,9 +219,10 @@ def run_train() -> dict:
     return Trainer(cfg, flags_text=FLAGS.flags_into_string()).run()
 
 
-def define_test_flags(task: str) -> None:
+def define_test_flags(task) -> None:
     from gpt2_tf.model.generation import SAMPLERS
 
+    task = _spec(task).name
     flags.DEFINE_string("model_dir", os.path.join("runs", task, FINAL), "A trained model folder.")
     flags.DEFINE_multi_string("prompt", [], "An input text (repeat the flag for more).")
     flags.DEFINE_string(
@@ -224,7 +266,8 @@ def run_test() -> list[dict]:
     return results
 
 
-def define_export_flags(task: str) -> None:
+def define_export_flags(task) -> None:
+    task = _spec(task).name
     flags.DEFINE_string("model_dir", os.path.join("runs", task, FINAL), "A trained model folder.")
     flags.DEFINE_string(
         "export_dir", os.path.join("exports", task), "Versions go in <export_dir>/N."
@@ -243,10 +286,11 @@ def run_export() -> str:
 
 
 # ---- make eval-<task> and make staged-text ---------------------------------------------------
-def define_eval_flags(task: str, names=None) -> None:
+def define_eval_flags(task, names=None) -> None:
     """EvalConfig fields as flags (all, or those in `names`); --model_dir: runs/<task>/final."""
     from gpt2_tf.analyses import evaluate
 
+    task = _spec(task).name
     define = {"int": flags.DEFINE_integer, "float": flags.DEFINE_float}
     define["bool"] = flags.DEFINE_boolean
     for f in dataclasses.fields(evaluate.EvalConfig):
@@ -285,12 +329,14 @@ STAGED_GENERATION_FLAGS = (
 )
 
 
-def define_staged_flags() -> None:
-    """text_tuning's training flags (less --stage, which this sets) and the generation flags."""
-    define_train_flags("text_tuning", batch_size=8, learning_rate=5e-4)
+def define_staged_flags(task) -> None:
+    """The task's training flags (its `train_defaults`; less --stage, which this sets) and the
+    generation flags; --output_dir: runs/<task>_staged. For data prepared with --num_stages."""
+    task = _spec(task).name
+    define_train_flags(task)
     delattr(FLAGS, "stage")
-    FLAGS.set_default("output_dir", os.path.join("runs", "text_tuning_staged"))
-    define_eval_flags("text_tuning", STAGED_GENERATION_FLAGS)
+    FLAGS.set_default("output_dir", os.path.join("runs", f"{task}_staged"))
+    define_eval_flags(task, STAGED_GENERATION_FLAGS)
 
 
 def run_staged() -> dict:

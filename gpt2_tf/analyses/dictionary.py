@@ -25,7 +25,7 @@ import numpy as np
 from gpt2_tf.core import reports
 from gpt2_tf.core.reports import md_cell, md_table
 from gpt2_tf.core.run_folder import REPORT
-from gpt2_tf.data.tasks.dictionary import DEFINITION_PROMPT, WORD_PROMPT
+from gpt2_tf.data.tasks.dictionary import DEFINITION_PROMPT, TASK, WORD_PROMPT
 from gpt2_tf.evaluation.metrics import cosine_similarity
 
 FORWARD, REVERSE = "forward", "reverse"
@@ -66,8 +66,8 @@ def read_split(data_dir: str, split: str, tokenizer, max_examples: int = 0) -> l
     from gpt2_tf.data.records import read_metadata, split_files
 
     meta = read_metadata(data_dir)
-    if meta["task"] != "dictionary_tuning":
-        raise ValueError(f"{data_dir}: prepared for {meta['task']}, not dictionary_tuning")
+    if meta["task"] != TASK.name:
+        raise ValueError(f"{data_dir}: prepared for {meta['task']}, not {TASK.name}")
     if meta["tokenizer"]["sha256"] != tokenizer.fingerprint:
         raise ValueError(f"{data_dir}: prepared with another tokenizer than the model's")
     spec = {k: tf.io.FixedLenFeature([], tf.int64) for k in ("length", "prompt_length")}

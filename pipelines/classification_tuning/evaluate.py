@@ -1,15 +1,7 @@
 """Evaluate a trained classification_tuning run beside its base model (make eval-...): metrics,
 plots and report.md in <run>/eval."""
 
-from gpt2_tf import cli
-
-cli.define_eval_flags("classification_tuning")
-
-
-def main(argv):
-    del argv
-    cli.run_eval()
-
+from pipelines import runner
 
 if __name__ == "__main__":
-    cli.run(main)
+    runner.shim(__spec__.name)

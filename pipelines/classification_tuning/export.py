@@ -1,14 +1,6 @@
 """Export a trained classification_tuning model as a SavedModel for serving (make export-...)."""
 
-from gpt2_tf import cli
-
-cli.define_export_flags("classification_tuning")
-
-
-def main(argv):
-    del argv
-    cli.run_export()
-
+from pipelines import runner
 
 if __name__ == "__main__":
-    cli.run(main)
+    runner.shim(__spec__.name)

@@ -1,14 +1,6 @@
 """Run a trained dictionary_tuning model on --prompt / --input_file inputs (make test-...)."""
 
-from gpt2_tf import cli
-
-cli.define_test_flags("dictionary_tuning")
-
-
-def main(argv):
-    del argv
-    cli.run_test()
-
+from pipelines import runner
 
 if __name__ == "__main__":
-    cli.run(main)
+    runner.shim(__spec__.name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from collections.abc import Callable, Iterator
 
 from gpt2_tf.data.readers import Row, RowError
@@ -45,6 +46,31 @@ class EncodeContext:
     options: dict
 
 
+FLAG_KINDS = ("string", "integer", "float", "boolean", "list", "enum")
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """One prep flag of a task, as data: `gpt2_tf.cli.define_prep_flags` defines it (an absl
+    DEFINE_<kind>) and hands its value to the task's `read` as `options[name]`, or with
+    `prep_option=True` to `PrepOptions` (e.g. subsample, num_stages)."""
+
+    name: str
+    default: object
+    help: str
+    kind: str = "string"  # one of FLAG_KINDS
+    choices: tuple[str, ...] = ()  # kind "enum"
+    required: bool = False
+    input: bool = False  # the task's main input (what `--input` / make's INPUT= names)
+    prep_option: bool = False  # a PrepOptions field, not a task option
+
+    def __post_init__(self):
+        if self.kind not in FLAG_KINDS:
+            raise ValueError(f"flag {self.name}: kind must be one of {FLAG_KINDS}")
+        if (self.kind == "enum") != bool(self.choices):
+            raise ValueError(f"flag {self.name}: choices go with kind 'enum' (and only there)")
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
     name: str
@@ -57,7 +83,13 @@ class TaskSpec:
     # Fractions for rows the source does not split itself; rows with `Row.split` keep theirs.
     fractions: tuple[tuple[str, float], ...] = (("train", 0.8), ("validation", 0.1), ("test", 0.1))
     pack: bool = False  # join documents with <|endoftext|> and cut full seq_len blocks
-    seq_len: int = 256  # default
+    seq_len: int = 256  # default of prep's --seq_len
+    alias: str = ""  # the short name of `make prep-<alias>`, `python -m pipelines prep <alias>`
+    prep_flags: tuple[Flag, ...] = ()  # the task's own prep flags (its input, its options)
+    # TrainConfig field -> the task's default for train (and staged), e.g. LoRA for RTE
+    train_defaults: dict = dataclasses.field(default_factory=dict, hash=False)
+    # prep options (the flags' values) -> the spec to prep with (e.g. other label names)
+    configure: Callable[[TaskSpec, dict], TaskSpec] | None = None
     notes: tuple[str, ...] = ()  # facts a reader of metadata.json should know
     # options -> options with the source settled (a hub download, the bundled sample), run once
     resolve: Callable[[dict], dict] = lambda options: options
@@ -79,8 +111,18 @@ class TaskSpec:
             raise ValueError(f"task {self.name}: kind must be {LM!r} or {CLASSIFIER!r}")
         if self.kind == CLASSIFIER and not self.label_names:
             raise ValueError(f"task {self.name}: a classifier task needs label_names")
+        if sum(f.input for f in self.prep_flags) > 1:
+            raise ValueError(f"task {self.name}: at most one prep flag is the input")
+
+    @property
+    def input_flag(self) -> str | None:
+        """The name of the prep flag that is the task's input, if one is."""
+        return next((f.name for f in self.prep_flags if f.input), None)
 
 
+# Task name -> the module whose TASK it is, or a TaskSpec given to `register`. Modules named in
+# $GPT2_TF_TASKS (comma-separated) are imported on a lookup that misses, so that a task kept
+# outside gpt2_tf is found in every process (prep, train, and the ones loading its model).
 TASKS = {
     "instruction_tuning": "gpt2_tf.data.tasks.instruction",
     "classification_tuning": "gpt2_tf.data.tasks.classification",
@@ -91,8 +133,44 @@ TASKS = {
 }
 DEFAULT_TASK = "instruction_tuning"  # the app opens runs/<it>/final when given no --model
 
+TASKS_ENV = "GPT2_TF_TASKS"
+
+
+def register(spec: TaskSpec) -> TaskSpec:
+    """Makes `spec` a task `get_task` finds by its name and alias; returns it."""
+    for other in all_tasks():
+        if other.name != spec.name and spec.alias and spec.alias in (other.name, other.alias):
+            raise ValueError(f"task {spec.name}: alias {spec.alias!r} is {other.name}'s")
+    TASKS[spec.name] = spec
+    return spec
+
+
+def _load(name: str) -> TaskSpec:
+    entry = TASKS[name]
+    return entry if isinstance(entry, TaskSpec) else importlib.import_module(entry).TASK
+
+
+def _import_env_tasks() -> None:
+    for module in filter(None, os.environ.get(TASKS_ENV, "").split(",")):
+        spec = importlib.import_module(module.strip()).TASK
+        if not isinstance(TASKS.get(spec.name), TaskSpec):
+            register(spec)
+
+
+def all_tasks() -> list[TaskSpec]:
+    """Every known task (built-in, registered, and those of $GPT2_TF_TASKS)."""
+    return [_load(name) for name in list(TASKS)]
+
 
 def get_task(name: str) -> TaskSpec:
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}")
-    return importlib.import_module(TASKS[name]).TASK
+    """The task called `name`: its full name (entailment_tuning) or its alias (rte)."""
+    for attempt in range(2):
+        if name in TASKS:
+            return _load(name)
+        for spec in all_tasks():
+            if spec.alias == name:
+                return spec
+        if attempt == 0:
+            _import_env_tasks()
+    known = sorted(f"{s.name} ({s.alias})" if s.alias else s.name for s in all_tasks())
+    raise ValueError(f"unknown task {name!r}; known: {', '.join(known)}")

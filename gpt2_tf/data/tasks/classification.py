@@ -14,7 +14,7 @@ import os
 
 from gpt2_tf.core import hub
 from gpt2_tf.data.readers import Row, RowError, iter_delimited, iter_jsonl, iter_lines, require
-from gpt2_tf.data.tasks import EncodeContext, Encoded, TaskSpec
+from gpt2_tf.data.tasks import EncodeContext, Encoded, Flag, TaskSpec
 
 LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")  # dair-ai/emotion's id order
 HUB_ID = "dair-ai/emotion"
@@ -22,6 +22,25 @@ HUB_SPLITS = ("train", "validation", "test")  # its files: split/<name>-00000-of
 FOLDER_FILES = (("train.txt", "train"), ("val.txt", "validation"), ("test.txt", "test"))
 FOLDER_HEADER = "text;label_name"
 TEMPLATE = "{text}<|endoftext|>"
+PREP_FLAGS = (
+    Flag(
+        "input",
+        None,
+        "A folder with train.txt, val.txt, test.txt (`text;label` "
+        "lines, splits kept), or one .jsonl/.csv file (split 80/10/10). Default: "
+        "dair-ai/emotion from the hub when online.",
+        input=True,
+    ),
+    Flag("text_field", "text", "Text field of a .jsonl/.csv --input."),
+    Flag("label_field", "label", "Label field (a name or an id) of a .jsonl/.csv --input."),
+    Flag(
+        "label_names",
+        [],
+        "Label names in id order (comma-separated); default: emotion's " + ",".join(LABELS) + ".",
+        "list",
+    ),
+)
+TRAIN_DEFAULTS = {"batch_size": 32, "learning_rate": 5e-4}
 
 
 def parse_label(row: Row, field: str, names: tuple[str, ...]) -> int:
@@ -139,6 +158,11 @@ def source(options: dict) -> dict:
 
 TASK = TaskSpec(
     name="classification_tuning",
+    alias="emotion",
+    prep_flags=PREP_FLAGS,
+    train_defaults=TRAIN_DEFAULTS,
+    # --label_names changes the spec itself (metadata.json records its names and counts)
+    configure=lambda spec, options: with_label_names(options.get("label_names")),
     kind="classifier",
     read=read,
     encode=encode,

@@ -16,7 +16,7 @@ import html
 import re
 
 from gpt2_tf.data.readers import Row, RowError, iter_jsonl, require
-from gpt2_tf.data.tasks import Drop, EncodeContext, Encoded, TaskSpec, first_tokens
+from gpt2_tf.data.tasks import Drop, EncodeContext, Encoded, Flag, TaskSpec, first_tokens
 
 WORD_PROMPT = "Word: {word}\nDefinition:"
 DEFINITION_TARGET = " {definition}"
@@ -24,6 +24,25 @@ EXAMPLE = "\nExample: {example}"
 DEFINITION_PROMPT = "Definition: {definition}\nWord:"
 WORD_TARGET = " {word}"
 DIRECTIONS = ("forward", "reverse", "both")
+PREP_FLAGS = (
+    Flag(
+        "input_jsonl",
+        None,
+        "Wiktionary senses, one JSON object a line: {word, pos, definition, examples[]}. "
+        "Required: this task has no hub source (`make prep-dictionary` passes "
+        "../shared/data/wiktionary/flat_senses.jsonl where it exists).",
+        input=True,
+    ),
+    Flag(
+        "direction",
+        "forward",
+        "forward: word -> definition (+ example); reverse: definition -> word; both: one of "
+        "each per sense.",
+        "enum",
+        choices=DIRECTIONS,
+    ),
+)
+TRAIN_DEFAULTS = {"batch_size": 8, "learning_rate": 5e-4}
 DIRECTION = "_direction"  # the field the reader adds to each row it yields: forward or reverse
 
 _TAG = re.compile(r"</?[A-Za-z][^<>]*>")
@@ -160,6 +179,9 @@ def min_seq_len(tok) -> int:
 
 TASK = TaskSpec(
     name="dictionary_tuning",
+    alias="dictionary",
+    prep_flags=PREP_FLAGS,
+    train_defaults=TRAIN_DEFAULTS,
     kind="lm",
     read=read,
     encode=encode,

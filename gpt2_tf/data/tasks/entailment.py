@@ -12,7 +12,7 @@ import socket
 
 from gpt2_tf.core import hub
 from gpt2_tf.data.readers import Row, iter_delimited, require
-from gpt2_tf.data.tasks import Drop, EncodeContext, Encoded, TaskSpec, first_tokens
+from gpt2_tf.data.tasks import Drop, EncodeContext, Encoded, Flag, TaskSpec, first_tokens
 from gpt2_tf.data.tasks.classification import parse_label
 
 LABELS = ("entailment", "not_entailment")  # GLUE's ids: 0, 1
@@ -21,6 +21,17 @@ TEMPLATE = "{premise}" + SEPARATOR + "{hypothesis}<|endoftext|>"
 FILES = (("train.tsv", None), ("dev.tsv", "test"))  # None: split here by TaskSpec.fractions
 TFDS_NAME, TFDS_HOST = "glue/rte", "dl.fbaipublicfiles.com"  # where tfds downloads RTE.zip
 TFDS_SPLITS = (("train", None), ("validation", "test"))
+PREP_FLAGS = (
+    Flag(
+        "input_dir",
+        None,
+        "GLUE RTE folder with train.tsv and dev.tsv. Default: "
+        "tensorflow-datasets' glue/rte (downloaded when online).",
+        input=True,
+    ),
+)
+# LoRA by default, as in the original RTE project.
+TRAIN_DEFAULTS = {"lora_rank": 8, "lora_alpha": 16, "learning_rate": 1e-3, "batch_size": 16}
 
 
 def render(premise: str, hypothesis: str) -> str:
@@ -134,6 +145,9 @@ def min_seq_len(tok) -> int:
 
 TASK = TaskSpec(
     name="entailment_tuning",
+    alias="rte",
+    prep_flags=PREP_FLAGS,
+    train_defaults=TRAIN_DEFAULTS,
     kind="classifier",
     read=read,
     encode=encode,

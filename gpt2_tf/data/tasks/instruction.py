@@ -12,12 +12,25 @@ import os
 
 from gpt2_tf.core import hub
 from gpt2_tf.data.readers import Row, iter_jsonl, require
-from gpt2_tf.data.tasks import Drop, EncodeContext, Encoded, TaskSpec, first_tokens
+from gpt2_tf.data.tasks import Drop, EncodeContext, Encoded, Flag, TaskSpec, first_tokens
 
 HUB_ID, HUB_FILE = "databricks/databricks-dolly-15k", "databricks-dolly-15k.jsonl"
 BUNDLED = os.path.join(os.path.dirname(os.path.dirname(__file__)), "samples", "instructions.jsonl")
 WITH_CONTEXT = "### Instruction:\n{instruction}\n\n### Context:\n{context}\n\n### Response:\n"
 NO_CONTEXT = "### Instruction:\n{instruction}\n\n### Response:\n"
+PREP_FLAGS = (
+    Flag(
+        "input_jsonl",
+        None,
+        "Dolly-format JSONL (instruction, context, response, "
+        "category). Default: databricks/databricks-dolly-15k from the hub when online, "
+        "else the sample bundled with gpt2_tf.",
+        input=True,
+    ),
+    Flag("categories", [], "Keep only these categories (comma-separated); all if empty.", "list"),
+)
+# 3 epochs, as instruction-tuning recipes use; the bundled sample is 64 training examples.
+TRAIN_DEFAULTS = {"batch_size": 8, "learning_rate": 5e-4, "epochs": 3}
 
 
 def render_prompt(instruction: str, context: str = "") -> str:
@@ -108,6 +121,9 @@ def min_seq_len(tok) -> int:
 
 TASK = TaskSpec(
     name="instruction_tuning",
+    alias="dolly",
+    prep_flags=PREP_FLAGS,
+    train_defaults=TRAIN_DEFAULTS,
     kind="lm",
     read=read,
     encode=encode,

@@ -30,12 +30,43 @@ import os
 import re
 
 from gpt2_tf.data.readers import Row, RowError, iter_lines, require
-from gpt2_tf.data.tasks import Drop, EncodeContext, Encoded, TaskSpec
+from gpt2_tf.data.tasks import Drop, EncodeContext, Encoded, Flag, TaskSpec
 
 FORMATS = ("plain", "timestamped", "tsv", "json")
 TURN = "{speaker}: {text}"
 PROMPT_END = "\n{target}:"
 TARGET = " {reply}"
+PREP_FLAGS = (
+    Flag(
+        "chat_file",
+        None,
+        "Chat log: `Name: message` lines, a WhatsApp export, utterance<TAB>response lines, or "
+        "JSON messages (see gpt2_tf/data/tasks/style.py). Required: this task has no default "
+        "source.",
+        input=True,
+    ),
+    Flag(
+        "chat_format",
+        "auto",
+        "Format of --chat_file; auto tells it from the first lines.",
+        "enum",
+        choices=("auto", *FORMATS),
+    ),
+    Flag(
+        "target_speaker",
+        None,
+        "Whose style to learn, the name as the log writes it. Required, except for tsv logs "
+        "(default B, the responder).",
+    ),
+    Flag("context_turns", 6, "Earlier turns in each prompt (the latest ones).", "integer"),
+    Flag(
+        "conversation_gap_hours",
+        6.0,
+        "Timestamped logs: a longer silence starts a new conversation.",
+        "float",
+    ),
+)
+TRAIN_DEFAULTS = {"batch_size": 8, "learning_rate": 5e-4}
 SPEAKER_KEYS, TEXT_KEYS = ("speaker", "name", "author"), ("text", "message", "content")
 
 _INVISIBLE = "\u200e\u200f\ufeff"  # marks that WhatsApp and editors put before a line
@@ -434,6 +465,9 @@ def min_seq_len(tok) -> int:
 
 TASK = TaskSpec(
     name="style_tuning",
+    alias="chat",
+    prep_flags=PREP_FLAGS,
+    train_defaults=TRAIN_DEFAULTS,
     kind="lm",
     read=read,
     encode=encode,

@@ -16,9 +16,42 @@ import re
 from collections.abc import Iterator
 
 from gpt2_tf.data.readers import Row, RowError, files_in, iter_jsonl, iter_lines, require
-from gpt2_tf.data.tasks import EncodeContext, Encoded, TaskSpec
+from gpt2_tf.data.tasks import EncodeContext, Encoded, Flag, TaskSpec
 
 SUFFIXES = (".txt", ".jsonl", ".json")
+PREP_FLAGS = (
+    Flag(
+        "text_files",
+        None,
+        "Files or folders (their .txt/.jsonl/.json files, sorted), comma-separated.",
+        "list",
+        required=True,
+        input=True,
+    ),
+    Flag("text_field", "text", "The document's field in .jsonl files."),
+    Flag(
+        "txt_split_blank_lines",
+        False,
+        "In .txt files, each block between blank lines is a document (a lyrics file holding "
+        "several songs); else the whole file is one.",
+        "boolean",
+    ),
+    Flag(
+        "subsample",
+        1.0,
+        "Keep this fraction of the documents (whole documents, seeded by --seed).",
+        "float",
+        prep_option=True,
+    ),
+    Flag(
+        "num_stages",
+        1,
+        "Split the train documents into this many stages (train-stage1..N files).",
+        "integer",
+        prep_option=True,
+    ),
+)
+TRAIN_DEFAULTS = {"batch_size": 8, "learning_rate": 5e-4}  # also staged fine-tuning's
 BODY_KEYS, TITLE_KEYS = ("paragraphs", "content"), ("title", "chapter")
 
 
@@ -217,6 +250,9 @@ def source(options: dict) -> dict:
 
 TASK = TaskSpec(
     name="text_tuning",
+    alias="text",
+    prep_flags=PREP_FLAGS,
+    train_defaults=TRAIN_DEFAULTS,
     kind="lm",
     read=read,
     encode=encode,
