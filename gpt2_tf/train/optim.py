@@ -8,6 +8,11 @@ over memory (for GPT-2 124M, ~500 MB per pass, ~1 s a step on this CPU). TensorF
 `ResourceApplyAdam` kernel does the same arithmetic (the same bias-corrected step size, epsilon
 outside the square root) in one multi-threaded pass; the decoupled decay is one more fused
 `ResourceApplyGradientDescent`. `tests/test_optim.py` checks it against Keras's AdamW.
+
+Measured on GPT-2 124M (CPU): scaling each gradient inside its own update (`apply_scaled`) left
+the step's peak 500 MB lower, and one pass over memory fewer, than dividing by the token count
+and then clipping; chaining the updates one variable at a time after the backward pass lowered
+a float32 step's peak RSS by 140-200 MB at the same step time.
 """
 
 from __future__ import annotations
@@ -72,8 +77,7 @@ class PreReducedAdamW(keras.optimizers.AdamW):
 
     def apply_scaled(self, grads, variables, factor):
         """`apply(grads * factor)` without the scaled copy of every gradient: each variable's
-        gradient is scaled inside its own update (for 124M, 500 MB less at the peak and one
-        pass over memory fewer than dividing by the token count and then clipping)."""
+        gradient is scaled inside its own update."""
         self._factor, self._previous = factor, None
         try:
             self.apply(grads, variables)
@@ -90,8 +94,7 @@ class PreReducedAdamW(keras.optimizers.AdamW):
             # gradient), so at most one scaled gradient and one decayed copy exist at once.
             # Unordered, the executor may make them all first, and a decay (which needs no
             # gradient) may run while the backward pass still reads its kernel, which makes the
-            # update copy the variable. Chained, a float32 step of GPT-2 124M peaked 140-200 MB
-            # lower in RSS at the same step time.
+            # update copy the variable.
             with tf.control_dependencies([self._previous] if self._previous is not None else []):
                 gradient = gradient * tf.cast(self._factor, gradient.dtype)
         with tf.control_dependencies([gradient]):
