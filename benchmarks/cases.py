@@ -57,8 +57,8 @@ def _synthetic_lm_data(folder: str, seq_len: int, examples: int, vocab: int = 50
     """A prepared LM dataset of random tokens (loss on every token, as in HF's benchmark)."""
     import numpy as np
 
+    from gpt2_tf.core.reports import write_json
     from gpt2_tf.data.records import ShardedWriter, serialize
-    from gpt2_tf.train.monitor import write_json
 
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -185,12 +185,13 @@ def generate_saved_model(a: dict) -> dict:
 
 # ---- Hugging Face transformers + PyTorch ---------------------------------------------------
 def _preset(preset: str):
-    """gpt2_tf's preset shapes, read from `gpt2_tf/config.py` alone: importing the `gpt2_tf`
+    """gpt2_tf's preset shapes, read from `gpt2_tf/model/config.py` alone: importing the `gpt2_tf`
     package imports TensorFlow, which would add its start-up time and about 0.5 GB of resident
     memory to the Hugging Face figures."""
     import importlib.util
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gpt2_tf")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(root, "gpt2_tf", "model")
     spec = importlib.util.spec_from_file_location("_gpt2_tf_config", f"{path}/config.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up here
