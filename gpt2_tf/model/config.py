@@ -168,15 +168,15 @@ class GPT2Config:
         return cls.from_hf_dict(d, source=path)
 
     def save_hf(self, folder: str) -> str:
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, "config.json")
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_hf_dict(), f, indent=2)
-        return path
+        return _write_json(folder, "config.json", self.to_hf_dict())
 
     def save_openai(self, folder: str) -> str:
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, "hparams.json")
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_openai_hparams(), f, indent=2)
-        return path
+        return _write_json(folder, "hparams.json", self.to_openai_hparams())
+
+
+def _write_json(folder: str, name: str, obj: dict) -> str:
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+    return path

@@ -38,8 +38,33 @@ def _dummy_inputs():
     return {"token_ids": ops.zeros((1, 2), "int32"), "padding_mask": ops.ones((1, 2), "int32")}
 
 
+class _Pretrained(keras.Model):
+    """What every gpt2_tf model shares: its config in Keras's get_config, and pretrained
+    weights in and out (`gpt2_tf.model.weights`)."""
+
+    def _base_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
+            "config": self.config.to_dict(),
+        }
+
+    @classmethod
+    def from_pretrained(cls, path: str, **kwargs):
+        """Weights from a Hugging Face, OpenAI, keras-hub or gpt2_tf folder, or a hub id."""
+        from gpt2_tf.model.weights import load_pretrained
+
+        return load_pretrained(cls, path, **kwargs)
+
+    def save_pretrained(self, folder: str) -> None:
+        from gpt2_tf.model.weights import save_pretrained
+
+        save_pretrained(self, folder)
+
+
 @keras.saving.register_keras_serializable(package="gpt2_tf")
-class GPT2Backbone(keras.Model):
+class GPT2Backbone(_Pretrained):
     """Token and position embeddings, `n_layer` pre-LN blocks, final LayerNorm -> [B, T, n_embd]."""
 
     def __init__(self, config: GPT2Config | dict | str = "124M", **kwargs):
@@ -125,51 +150,16 @@ class GPT2Backbone(keras.Model):
         return self.ln_f(x), tuple(new_cache)
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
-            "config": self.config.to_dict(),
-        }
-
-    @classmethod
-    def from_pretrained(cls, path: str, **kwargs) -> GPT2Backbone:
-        from gpt2_tf.model.weights import load_pretrained
-
-        return load_pretrained(cls, path, **kwargs)
-
-    def save_pretrained(self, folder: str) -> None:
-        from gpt2_tf.model.weights import save_pretrained
-
-        save_pretrained(self, folder)
+        return self._base_config()
 
 
-class _WithBackbone(keras.Model):
+class _WithBackbone(_Pretrained):
     """Shared by the heads: owns a backbone built from the config, saves and loads like it."""
 
     def __init__(self, config, **kwargs):
         super().__init__(**kwargs)
         self.config = as_config(config)
         self.backbone = GPT2Backbone(self.config, name="transformer", dtype=self.dtype_policy)
-
-    def _base_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
-            "config": self.config.to_dict(),
-        }
-
-    @classmethod
-    def from_pretrained(cls, path: str, **kwargs):
-        from gpt2_tf.model.weights import load_pretrained
-
-        return load_pretrained(cls, path, **kwargs)
-
-    def save_pretrained(self, folder: str) -> None:
-        from gpt2_tf.model.weights import save_pretrained
-
-        save_pretrained(self, folder)
 
 
 @keras.saving.register_keras_serializable(package="gpt2_tf")
