@@ -114,7 +114,10 @@ def plan(quick: bool, bfloat16: tuple[bool, str] = (True, "")) -> dict:
         for d in ("emotion", "dolly")
     ]
     machine = [("matmul", "matmul", None, None, dict(n=1024 if quick else 2048, reps=5))]
+    from benchmarks import epoch
+
     return {
+        "epoch": epoch.plan(quick),
         "train": train,
         "generate": gen,
         "tokenize": tok,
@@ -166,13 +169,14 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma list of groups (default: all but serving): " + ",".join(plan(True)),
+        help="comma list of groups (default: all but serving and epoch): " + ",".join(plan(True)),
     )
     opts = parser.parse_args()
     from gpt2_tf.core import hardware
 
     groups = plan(opts.quick, hardware.bfloat16_support())
-    wanted = opts.only.split(",") if opts.only else [g for g in groups if g != "serving"]
+    opt_in = ("serving", "epoch")  # --only serving / --only epoch: minutes each
+    wanted = opts.only.split(",") if opts.only else [g for g in groups if g not in opt_in]
     # The machine's rates drift by up to 2x on a shared VM, so the matmul case runs both first
     # and last, and the report takes the higher figure of each (what the machine can do).
     if "matmul" in wanted and len(wanted) > 1:

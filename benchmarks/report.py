@@ -119,6 +119,9 @@ def markdown(report: dict, params: int | None) -> str:
                     f"{_fmt(r['result'].get('peak_rss_mb'), 0)} | {ratio} | {frac} | "
                     f"{_fmt(r['result'].get('steal_pct'), 0)} |"
                 )
+    from benchmarks import epoch
+
+    lines += epoch.table([r for r in report["rows"] if r["group"] == "epoch"])
     lines += [
         "",
         "CPU steal: the share of the machine's CPU time the hypervisor took during the case "
