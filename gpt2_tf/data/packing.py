@@ -25,7 +25,13 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from gpt2_tf.data.records import CLASSIFIER, _check, read_metadata, split_files
+from gpt2_tf.data.records import (
+    CLASSIFIER,
+    _check,
+    explain_data_loss,
+    read_metadata,
+    split_files,
+)
 
 
 def permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
@@ -75,13 +81,16 @@ class PackedSplit:
         }
         tokens, lengths, prompts = [], [], []
         # The files in name order, each from its start: the index of an example is fixed.
-        for path in split_files(folder, split, stage):
-            for record in tf.data.TFRecordDataset(path).batch(1024):
-                ex = tf.io.parse_example(record, spec)
-                ids, length = ex["input_ids"].numpy(), ex["length"].numpy()
-                tokens += [row[:n].astype(np.int32) for row, n in zip(ids, length)]
-                lengths.append(length)
-                prompts.append(ex["prompt_length"].numpy())
+        try:
+            for path in split_files(folder, split, stage):
+                for record in tf.data.TFRecordDataset(path).batch(1024):
+                    ex = tf.io.parse_example(record, spec)
+                    ids, length = ex["input_ids"].numpy(), ex["length"].numpy()
+                    tokens += [row[:n].astype(np.int32) for row, n in zip(ids, length)]
+                    lengths.append(length)
+                    prompts.append(ex["prompt_length"].numpy())
+        except tf.errors.DataLossError as e:  # a damaged shard: say which, and what to do
+            raise explain_data_loss(folder, e) from e
         self.lengths = np.concatenate(lengths).astype(np.int64) if lengths else np.zeros(0, int)
         self.prompt_lengths = np.concatenate(prompts).astype(np.int64) if prompts else self.lengths
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
