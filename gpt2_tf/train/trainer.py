@@ -349,9 +349,10 @@ class Trainer:
         return epoch, step
 
     def _epoch_dataset(self, epoch: int, skip_steps: int):
-        """Epoch `epoch`'s micro-batches in a fixed seeded order, after `skip_steps` steps. The
-        shuffle's seed pairs `seed + epoch` with TensorFlow's global seed, so that is `seed` too
-        while the dataset is made (and what it was afterwards)."""
+        """Epoch `epoch`'s micro-batches in a fixed seeded order, after `skip_steps` steps.
+        Packed: the rows of the epoch's plan (`_plan`: the permutation of `(seed, epoch)`, packed
+        first fit). Padded: the shuffle's seed pairs `seed + epoch` with TensorFlow's global
+        seed, so that is `seed` too while the dataset is made (and what it was afterwards)."""
         if self.packing:  # the epoch's packed rows (`gpt2_tf.data.packing`)
             packed = self._packed["train"]
             ds = tf.data.Dataset.from_tensor_slices(packed.rows(self._plan(epoch)))
