@@ -103,6 +103,7 @@ def train_ours(a: dict) -> dict:
         num_samples=0,
         clipnorm=1.0,
         weight_decay=0.01,
+        packing=False,  # the padded step (full-length rows: packing adds only its mask)
     )
     trainer = Trainer(cfg)
     iterator = iter(trainer._epoch_dataset(0, 0))

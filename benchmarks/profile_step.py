@@ -70,6 +70,7 @@ def main() -> None:
             num_samples=0,
             clipnorm=1.0,
             weight_decay=0.01,
+            packing=False,  # the padded step (full-length rows: packing adds only its mask)
         )
     )
     batches = iter(trainer._epoch_dataset(0, 0))

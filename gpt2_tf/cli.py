@@ -153,7 +153,19 @@ def define_train_flags(task, **defaults) -> None:
         "A preset for random weights (tiny, 124M, "
         "355M, 774M, 1558M), a pretrained folder, or a hub id (gpt2, ...).",
     )
-    flags.DEFINE_integer("batch_size", d["batch_size"], "Global batch: examples per step.")
+    flags.DEFINE_integer(
+        "batch_size",
+        d["batch_size"],
+        "Global batch per optimizer step: packed rows of seq_len for LM tasks with --packing "
+        "(each holding as many whole examples as fit), else examples.",
+    )
+    flags.DEFINE_boolean(
+        "packing",
+        d["packing"],
+        "LM tasks: pack several whole examples into each row of seq_len (attention and positions "
+        "per example, the same loss as padded rows), each epoch anew from a seeded permutation. "
+        "--nopacking: one padded example per row. Classifier tasks ignore it.",
+    )
     flags.DEFINE_integer("epochs", d["epochs"], "Passes over the training split.")
     flags.DEFINE_integer("max_steps", d["max_steps"], "Optimizer steps; > 0 overrides --epochs.")
     flags.DEFINE_float("learning_rate", d["learning_rate"], "Peak learning rate (AdamW).")

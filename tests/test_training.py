@@ -200,10 +200,11 @@ def read_csv(path):
 def test_metrics_csv_has_one_set_of_columns_when_an_epoch_is_shorter_than_log_every(
     dolly_dir, tmp_path
 ):
-    """320 examples / 64 = 5 steps an epoch, a log line every 10: the first row (step 5) has only
-    validation values, the next both. Every row has the header's columns, each value under its
-    own name, and the training loss reads back from the CSV alone."""
-    trainer = Trainer(config(dolly_dir, tmp_path, batch_size=64, max_steps=10, log_every=10))
+    """320 examples / 64 = 5 steps an epoch (padded rows), a log line every 10: the first row
+    (step 5) has only validation values, the next both. Every row has the header's columns, each
+    value under its own name, and the training loss reads back from the CSV alone."""
+    cfg = config(dolly_dir, tmp_path, batch_size=64, max_steps=10, log_every=10, packing=False)
+    trainer = Trainer(cfg)
     result = trainer.run()
     header, *rows = read_csv(tmp_path / "metrics.csv")
     assert all(len(r) == len(header) for r in rows), (header, rows)

@@ -39,6 +39,7 @@ RUN_DEFINING = (
     "stage",
     "init_from",
     "seed",
+    "packing",
     "batch_size",
     "grad_accum_steps",
     "epochs",

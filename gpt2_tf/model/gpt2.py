@@ -3,6 +3,10 @@
 Inputs everywhere are `{"token_ids": int [B, T], "padding_mask": [B, T]}`; padding is known from
 the mask, never from token values. Positions are counted over real tokens (`cumsum(mask) - 1`), so
 right padding gives `0..n-1` and left padding gives what Hugging Face's `generate` gives.
+
+Packed rows (`gpt2_tf.data.packing`) add `"segment_ids"` int [B, T]: 0 for padding, 1..k for the
+row's k examples. Each example then attends only to itself (causally) and its positions restart at
+0, so it gets exactly the hidden states it would get alone in a padded row.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from keras import ops
 
 from gpt2_tf.model import speed
 from gpt2_tf.model.config import GPT2Config
-from gpt2_tf.model.layers import Block, attention_mask
+from gpt2_tf.model.layers import Block, attention_mask, same_segment
 from gpt2_tf.model.speed import decoding
 
 
@@ -31,6 +35,30 @@ def positions_from_mask(padding_mask):
     """[B, T] int32 position of each token among the real ones (0 for leading padding)."""
     counts = ops.cumsum(ops.cast(padding_mask, "int32"), axis=1)
     return ops.maximum(counts - 1, 0)
+
+
+def positions_from_segments(segment_ids):
+    """[B, T] int32 position of each token within its example of a packed row (0 on padding):
+    the number of earlier tokens of the same segment."""
+    seg = ops.convert_to_tensor(segment_ids)
+    t = ops.shape(seg)[1]
+    earlier = ops.arange(t)[None, :] < ops.arange(t)[:, None]  # [Tq, Tk]: k < q
+    same = ops.logical_and(same_segment(seg), earlier[None])  # [B, T, T]
+    counts = ops.sum(ops.cast(same, "int32"), axis=-1)
+    return ops.where(seg > 0, counts, 0)
+
+
+def input_positions_and_mask(inputs):
+    """(positions [B, T], attention mask [B, 1, T, T]) of a batch of model inputs: from the
+    padding mask, or from `segment_ids` for packed rows. The plain and the speed paths both
+    take these."""
+    padding_mask = inputs["padding_mask"]
+    t = ops.shape(padding_mask)[1]
+    segment_ids = inputs.get("segment_ids") if hasattr(inputs, "get") else None
+    if segment_ids is None:
+        return positions_from_mask(padding_mask), attention_mask(padding_mask, t, t)
+    positions = positions_from_segments(segment_ids)
+    return positions, attention_mask(padding_mask, t, t, segment_ids=segment_ids)
 
 
 def _dummy_inputs():
@@ -105,10 +133,8 @@ class GPT2Backbone(_Pretrained):
         return self.embd_dropout(x, training=training)
 
     def call(self, inputs, training=None):
-        token_ids, padding_mask = inputs["token_ids"], inputs["padding_mask"]
-        t = ops.shape(token_ids)[1]
-        x = self.embed(token_ids, positions_from_mask(padding_mask), training)
-        mask = attention_mask(padding_mask, t, t)
+        positions, mask = input_positions_and_mask(inputs)
+        x = self.embed(inputs["token_ids"], positions, training)
         for block in self.blocks:
             x = block(x, mask, training=training)
         return self.ln_f(x)

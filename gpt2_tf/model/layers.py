@@ -45,13 +45,26 @@ def _dense(units: int, name: str, std: float, policy) -> Dense:
     return Dense(units, kernel_initializer=init, name=name, dtype=policy)
 
 
-def attention_mask(padding_mask, query_len: int, key_len: int, query_offset=0):
-    """Boolean [B, 1, Tq, Tk]: key k visible to query q when k <= q + offset and k is real."""
+def attention_mask(padding_mask, query_len: int, key_len: int, query_offset=0, segment_ids=None):
+    """Boolean [B, 1, Tq, Tk]: key k visible to query q when k <= q + offset and k is real.
+
+    `segment_ids` [B, T] (packed rows: 0 for padding, 1..k for the row's k examples; then
+    Tq = Tk = T and no offset): key k is visible to query q only within q's own example, so
+    attention is block-diagonal causal and no example sees another."""
     q = ops.arange(query_len)[:, None] + query_offset  # [Tq, 1]
     k = ops.arange(key_len)[None, :]  # [1, Tk]
     causal = ops.expand_dims(k <= q, 0)  # [1, Tq, Tk]
     real = ops.cast(padding_mask, "bool")[:, None, :]  # [B, 1, Tk]
-    return ops.expand_dims(ops.logical_and(causal, real), 1)  # [B, 1, Tq, Tk]
+    visible = ops.logical_and(causal, real)
+    if segment_ids is not None:
+        visible = ops.logical_and(visible, same_segment(segment_ids))
+    return ops.expand_dims(visible, 1)  # [B, 1, Tq, Tk]
+
+
+def same_segment(segment_ids):
+    """Boolean [B, T, T]: tokens q and k belong to the same example of a packed row."""
+    seg = ops.convert_to_tensor(segment_ids)
+    return ops.equal(seg[:, :, None], seg[:, None, :])
 
 
 def softmax_attention(q, k, v, mask, rate=0.0, seed=None):

@@ -23,6 +23,7 @@ from gpt2_tf.core.compat import loss_scale, seeded
 from gpt2_tf.core.hardware import resolve_precision
 from gpt2_tf.core.locking import FolderLock
 from gpt2_tf.core.reports import write_json
+from gpt2_tf.data.packing import PackedSplit
 from gpt2_tf.data.records import (
     CLASSIFIER,
     explain_data_loss,
@@ -48,7 +49,9 @@ class TrainConfig:
     data_dir: str
     output_dir: str
     init_from: str = "tiny"  # a preset (random weights), a pretrained folder or a hub id
-    batch_size: int = 8  # global: examples per optimizer step, over all replicas and micro-steps
+    # global, over all replicas and micro-steps: packed rows per optimizer step (LM tasks with
+    # `packing`), else examples per step
+    batch_size: int = 8
     epochs: int = 1
     max_steps: int = 0  # > 0 overrides epochs
     learning_rate: float = 5e-4
@@ -76,6 +79,9 @@ class TrainConfig:
     num_samples: int = 3
     restart: bool = False  # clear output_dir's checkpoints and logs and start at step 0
     task: str | None = None  # the task the data must be (a pipeline's own); None: any
+    # LM tasks: several whole examples per row of seq_len (`gpt2_tf.data.packing`); classifier
+    # tasks ignore it (padded rows)
+    packing: bool = True
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -147,12 +153,19 @@ class Trainer:
                 f"micro-batch {self.micro_batch} (batch_size / grad_accum_steps) is "
                 f"not divisible by the {self.replicas} replicas"
             )
-        self.steps_per_epoch = split_examples(self.meta, "train", cfg.stage) // cfg.batch_size
+        # Packed epochs differ in their number of rows, so in their number of steps.
+        self.packing = bool(cfg.packing and self.is_lm)
+        self._plans: dict[int, list] = {}
+        self._packed: dict[str, PackedSplit] = {}
+        if self.packing:
+            self._packed["train"] = PackedSplit(cfg.data_dir, "train", stage=cfg.stage or None)
+        self.steps_per_epoch = self.epoch_steps(0)
         if self.steps_per_epoch < 1:
+            what = "rows once packed" if self.packing else "examples"
             raise ValueError(
-                f"{cfg.data_dir}: fewer training examples than one batch of {cfg.batch_size}"
+                f"{cfg.data_dir}: fewer training {what} than one batch of {cfg.batch_size}"
             )
-        self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.epochs
+        self.total_steps = cfg.max_steps or sum(self.epoch_steps(e) for e in range(cfg.epochs))
         self.chief = _is_chief(self.strategy)
         ckpt_dir = os.path.join(cfg.output_dir, run_folder.CHECKPOINTS)
         self._lock = None
@@ -313,21 +326,49 @@ class Trainer:
         return train_step
 
     # ---- data -----------------------------------------------------------------------------
+    def _plan(self, epoch: int) -> list:
+        """Packed training rows of epoch `epoch` (example indices), from `seed` and the epoch."""
+        if epoch not in self._plans:
+            self._plans[epoch] = self._packed["train"].plan(self.cfg.seed, epoch)
+        return self._plans[epoch]
+
+    def epoch_steps(self, epoch: int) -> int:
+        """Optimizer steps in epoch `epoch` (a last partial batch is dropped)."""
+        if self.packing:
+            return len(self._plan(epoch)) // self.cfg.batch_size
+        return split_examples(self.meta, "train", self.cfg.stage) // self.cfg.batch_size
+
+    def locate(self, step: int) -> tuple[int, int]:
+        """(epoch, steps already taken in it) of the run's `step`-th step (0-based)."""
+        if not self.packing:
+            return divmod(step, self.steps_per_epoch)
+        epoch = 0
+        while step >= self.epoch_steps(epoch):
+            step -= self.epoch_steps(epoch)
+            epoch += 1
+        return epoch, step
+
     def _epoch_dataset(self, epoch: int, skip_steps: int):
-        """Epoch `epoch`'s micro-batches in a fixed seeded order, after `skip_steps` steps. The
-        shuffle's seed pairs `seed + epoch` with TensorFlow's global seed, so that is `seed` too
-        while the dataset is made (and what it was afterwards)."""
-        with seeded(self.cfg.seed):
-            ds = load_tfrecords(
-                self.cfg.data_dir,
-                "train",
-                self.micro_batch,
-                shuffle=True,
-                seed=self.cfg.seed + epoch,
-                drop_remainder=True,
-                stage=self.cfg.stage or None,
-            )
-        ds = ds.take(self.steps_per_epoch * self.cfg.grad_accum_steps)
+        """Epoch `epoch`'s micro-batches in a fixed seeded order, after `skip_steps` steps.
+        Packed: the rows of the epoch's plan (`_plan`: the permutation of `(seed, epoch)`, packed
+        first fit). Padded: the shuffle's seed pairs `seed + epoch` with TensorFlow's global
+        seed, so that is `seed` too while the dataset is made (and what it was afterwards)."""
+        if self.packing:  # the epoch's packed rows (`gpt2_tf.data.packing`)
+            packed = self._packed["train"]
+            ds = tf.data.Dataset.from_tensor_slices(packed.rows(self._plan(epoch)))
+            ds = ds.batch(self.micro_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        else:
+            with seeded(self.cfg.seed):
+                ds = load_tfrecords(
+                    self.cfg.data_dir,
+                    "train",
+                    self.micro_batch,
+                    shuffle=True,
+                    seed=self.cfg.seed + epoch,
+                    drop_remainder=True,
+                    stage=self.cfg.stage or None,
+                )
+        ds = ds.take(self.epoch_steps(epoch) * self.cfg.grad_accum_steps)
         ds = ds.skip(skip_steps * self.cfg.grad_accum_steps)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = (
@@ -337,8 +378,15 @@ class Trainer:
 
     # ---- evaluation -----------------------------------------------------------------------
     def evaluate(self, split: str = "validation") -> dict:
-        """Metrics over a split (on every worker, undistributed: models are identical)."""
-        ds = load_tfrecords(self.cfg.data_dir, split, self.micro_batch)
+        """Metrics over a split (on every worker, undistributed: models are identical). With
+        `packing`, over the split's packed rows in its own order (the same sums as padded);
+        `eval_batches` then counts batches of packed rows."""
+        if self.packing:
+            if split not in self._packed:
+                self._packed[split] = PackedSplit(self.cfg.data_dir, split)
+            ds = self._packed[split].dataset(self.micro_batch, shuffle=False)
+        else:
+            ds = load_tfrecords(self.cfg.data_dir, split, self.micro_batch)
         sums = loop.run(self.model, ds, self.cfg.eval_batches)
         if self.is_lm:
             out = sums.lm_metrics()
@@ -458,8 +506,12 @@ class Trainer:
         return values
 
     def _eval_due(self, step: int) -> bool:
-        every = self.cfg.eval_every or self.steps_per_epoch
-        return step % every == 0 or step == self.total_steps
+        if step == self.total_steps:
+            return True
+        if self.cfg.eval_every:
+            return step % self.cfg.eval_every == 0
+        epoch, offset = self.locate(step - 1)  # at the end of each epoch
+        return offset + 1 == self.epoch_steps(epoch)
 
     def run(self) -> dict:
         try:
@@ -473,9 +525,9 @@ class Trainer:
         step, stop = self._resume(), False
         self._last_train, self._last_eval = {}, {}
         while step < self.total_steps and not stop:
-            epoch, offset = divmod(step, self.steps_per_epoch)
+            epoch, offset = self.locate(step)
             iterator = iter(self._epoch_dataset(epoch, offset))
-            for _ in range(offset, self.steps_per_epoch):
+            for _ in range(offset, self.epoch_steps(epoch)):
                 out = self._train_step(iterator)
                 step += 1
                 row = _prefixed(self._after_step(step, out), "train_")
