@@ -5,7 +5,7 @@ Rows: the Dolly sample (instruction template, response-only loss) at seq_len 102
 (classification) at 128, prepared once by gpt2_tf's prep, so every system trains on the same
 token ids. Systems:
 - gpt2_tf padded: today's path, every row at the full seq_len;
-- gpt2_tf packed: several examples per row (`--packing`), when this gpt2_tf has it;
+- gpt2_tf packed: several whole examples per row (`--packing`, the default for LM tasks);
 - Hugging Face: a PyTorch loop with its best standard option, `group_by_length` (the Trainer's
   LengthGroupedSampler: megabatches of 50 batches sorted by length) and dynamic padding to each
   batch's longest row. Its padding-free collator (`DataCollatorWithFlattening`) needs
@@ -83,19 +83,31 @@ def examples(task: str, rows: int) -> tuple[str, list[dict]]:
     return folder, kept
 
 
-def _figures(seconds: float, kept: list[dict], positions: int, steps: int) -> dict:
-    real = sum(e["length"] for e in kept)
+def _figures(seconds: float, examples: int, real: int, positions: int, steps: int) -> dict:
+    """An epoch's figures: `examples` and `real` tokens trained on, `positions` computed."""
     return {
         "epoch_seconds": seconds,
         "steps": steps,
-        "examples_per_second": len(kept) / seconds,
+        "examples": examples,
+        "examples_per_second": examples / seconds,
         "real_tokens_per_second": real / seconds,
         "padding_share": 1.0 - real / positions,
     }
 
 
+def _local(t):
+    """A one-device distributed value as its tensor."""
+    return t.values[0] if hasattr(t, "values") and not hasattr(t, "numpy") else t
+
+
+def _counted(kept: list[dict]) -> tuple[int, int]:
+    return len(kept), sum(e["length"] for e in kept)
+
+
 def epoch_ours(a: dict) -> dict:
     import dataclasses
+
+    import tensorflow as tf
 
     from gpt2_tf.train.trainer import TrainConfig, Trainer
 
@@ -118,17 +130,27 @@ def epoch_ours(a: dict) -> dict:
         **extra,
     )
     trainer = Trainer(cfg)
-    steps = trainer.steps_per_epoch
-    float(trainer._train_step(iter(trainer._epoch_dataset(1, steps - 1)))["loss"])  # warm-up
+    steps = trainer.epoch_steps(0)
+    last = trainer.epoch_steps(1) - 1
+    float(trainer._train_step(iter(trainer._epoch_dataset(1, last)))["loss"])  # warm-up
     iterator = iter(trainer._epoch_dataset(0, 0))
     start = time.perf_counter()
     for _ in range(steps):
         loss = trainer._train_step(iterator)["loss"]
     float(loss)
     seconds = time.perf_counter() - start
-    # `rows` is a multiple of the batch (see `plan`), so the padded epoch runs every example;
-    # a packed one runs every example too (in fewer, fuller rows).
-    return _figures(seconds, kept, steps * a["batch"] * DATA[a["task"]][2], steps)
+    # What the epoch trained on, read from its own batches (a packed epoch leaves out the last
+    # partial batch of rows, as the padded one leaves out its last partial batch of examples).
+    trained = real = positions = 0
+    for x, _, _ in trainer._epoch_dataset(0, 0):
+        mask = _local(x["padding_mask"])
+        real += int(tf.reduce_sum(mask))
+        positions += int(tf.size(mask))
+        if "segment_ids" in x:  # packed: the examples are the segments of each row
+            trained += int(tf.reduce_sum(tf.reduce_max(_local(x["segment_ids"]), 1)))
+        else:
+            trained += int(tf.shape(mask)[0])
+    return _figures(seconds, trained, real, positions, steps)
 
 
 def _length_grouped(lengths: list[int], batch: int, seed: int) -> list[list[int]]:
@@ -203,7 +225,7 @@ def epoch_hf(a: dict) -> dict:
     seconds = time.perf_counter() - start
     ran = [kept[j] for b in batches for j in b]
     return {
-        **_figures(seconds, ran, positions, len(batches)),
+        **_figures(seconds, *_counted(ran), positions, len(batches)),
         "padding_free_collator": "not run: DataCollatorWithFlattening needs flash-attention "
         "kernels, which GPT-2 on CPU does not have",
     }
@@ -258,7 +280,7 @@ def epoch_keras_hub(a: dict) -> dict:
     for i in range(0, n, b):
         model.train_on_batch({k: v[i : i + b] for k, v in x.items()}, y[i : i + b], w[i : i + b])
     seconds = time.perf_counter() - start
-    return _figures(seconds, kept[:n], n * seq_len, n // b)
+    return _figures(seconds, *_counted(kept[:n]), n * seq_len, n // b)
 
 
 CASES = (epoch_ours, epoch_hf, epoch_keras_hub)
@@ -274,10 +296,11 @@ SYSTEMS = {  # (case, packing) -> the name a table gives it
 
 def plan(quick: bool) -> list[tuple]:
     """(group, case, variant, lora, args) rows, as `bench.plan` gives them: variant is the task.
-    Row counts are multiples of the batch, so every system's epoch covers every example."""
+    `batch` is examples per step, except for gpt2_tf packed, where it is packed rows (each
+    holding several examples), as `--batch_size` means there."""
     size = dict(preset="tiny") if quick else dict(preset="124M")
     runs = {
-        "dolly": dict(rows=8 if quick else 32, batch=4),
+        "dolly": dict(rows=16, batch=2) if quick else dict(rows=64, batch=4),
         "emotion": dict(rows=64 if quick else 256, batch=32),
     }
     return [

@@ -1,5 +1,5 @@
 """`make bench` still runs on this code: every gpt2_tf, Hugging Face and keras-hub case of the
-quick plan's train and generate groups, each in its own process as the bench runs it, gives a
+quick plan's train, generate and epoch groups, each in its own process as the bench runs it, gives a
 figure (a restructuring once left every case failing on a moved import while the suite passed)."""
 
 import pytest
@@ -8,7 +8,7 @@ from benchmarks import bench
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("group", ["train", "generate"])
+@pytest.mark.parametrize("group", ["train", "generate", "epoch"])
 def test_the_quick_benchmark_cases_run(group):
     plan = bench.plan(True)
     cases = [c for c in plan[group] if not c[4].get("skip")]
