@@ -212,7 +212,10 @@ def main() -> None:
         "wall_seconds": time.monotonic() - start,
     }
     os.makedirs(RESULTS, exist_ok=True)
+    # A run of some groups (--only) keeps the full run's bench.md and writes bench-<groups>.md.
     name = "bench-quick" if opts.quick else "bench"
+    if opts.only:
+        name += "-" + opts.only.replace(",", "-")
     with open(os.path.join(RESULTS, f"{name}.json"), "w") as f:
         json.dump(report, f, indent=2)
     from benchmarks.report import markdown
