@@ -60,7 +60,7 @@ def test_every_prep_default_comes_from_the_spec():
             for flag in spec.prep_flags:
                 assert d[flag.name] == flag.default, (spec.name, flag.name)
             assert spec.input_flag and FLAGS["input"].name in (spec.input_flag, "input")
-    assert {s.name: s.seq_len for s in all_tasks()}["instruction_tuning"] == 512
+    assert {s.name: s.seq_len for s in all_tasks()}["instruction_tuning"] == 1024
 
 
 def test_rte_train_defaults_reach_the_flags():
@@ -187,3 +187,21 @@ def test_the_runner_runs_a_tasks_own_tools_and_says_what_it_knows():
     assert "entailment_tuning" in listing and " rte " in listing and "score" in listing
     done = runner("prep", "nope")
     assert done.returncode != 0 and "unknown task 'nope'" in done.stderr
+
+
+def test_dolly_at_gpt2s_context_keeps_the_rows_512_dropped(tokenizer, tmp_path):
+    """prep-dolly's default seq_len is GPT-2's 1024: of the sample's rows dropped at 512 because
+    the response alone does not fit, all are kept but those whose response exceeds GPT-2's whole
+    context (with packing the long rows cost no padding)."""
+    from gpt2_tf.data.prep import PrepOptions, prepare
+    from tests.conftest import shared
+
+    spec = get_task("dolly")
+    rows = {"input_jsonl": shared("dolly", "dolly_first743.jsonl")}
+    dropped = {}
+    for seq_len in (512, spec.seq_len):
+        opts = PrepOptions(str(tmp_path / str(seq_len)), seq_len, task=rows)
+        dropped[seq_len] = prepare(spec, tokenizer, opts)["rows"]["dropped"]
+    assert spec.seq_len == 1024
+    at_512, at_1024 = (dropped[n].get("response_too_long", 0) for n in (512, 1024))
+    assert at_1024 < at_512, (at_512, at_1024)
