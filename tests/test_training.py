@@ -182,6 +182,7 @@ def test_tensorboard_tags(dolly_dir, tmp_path):
         "learning_rate",
         "grad_norm",
         "tokens_per_second",
+        "padding_share",
         "flags",
     } <= tags["train"]
     assert {"loss", "perplexity", "token_accuracy", "samples"} <= tags["validation"]
@@ -195,6 +196,20 @@ def read_csv(path):
 
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.reader(f))
+
+
+def test_the_logs_report_the_padding_share(dolly_dir, tmp_path):
+    """metrics.csv (and TensorBoard) give each log line's padding share, the computed positions
+    that held no real token: on the real Dolly rows, packing leaves less of it than padding."""
+    shares = {}
+    for packing in (True, False):
+        out = tmp_path / str(packing)
+        Trainer(config(dolly_dir, out, max_steps=4, log_every=1, packing=packing)).run()
+        rows = read_csv(out / "metrics.csv")
+        logged = [dict(zip(rows[0], r))["train_padding_share"] for r in rows[1:]]
+        shares[packing] = [float(v) for v in logged if v]
+        assert len(shares[packing]) == 4 and all(0 <= v < 1 for v in shares[packing])
+    assert np.mean(shares[True]) < np.mean(shares[False]), shares
 
 
 def test_metrics_csv_has_one_set_of_columns_when_an_epoch_is_shorter_than_log_every(

@@ -218,6 +218,7 @@ class Trainer:
                 )
             }
         self.monitor = Monitor(cfg.output_dir, csv_columns(self.is_lm), enabled=self.chief)
+        self._window = [0.0, 0.0]  # (real tokens, positions) since the last log line
         self.checkpoint = tf.train.Checkpoint(
             model={f"v{i}": v for i, v in enumerate(self.model.variables)},
             optimizer={f"v{i}": v for i, v in enumerate(self.optimizer.variables)},
@@ -277,7 +278,8 @@ class Trainer:
         grads = [tf.convert_to_tensor(g) for g in grads]
         if per_micro is not None:
             grads = [g * per_micro for g in grads]
-        sums = [nll, count, correct, tf.reduce_sum(tf.cast(x["padding_mask"], tf.float32))]
+        mask = tf.cast(x["padding_mask"], tf.float32)  # real tokens, of the positions computed
+        sums = [nll, count, correct, tf.reduce_sum(mask), tf.cast(tf.size(mask), tf.float32)]
         if acc is None:
             return grads, sums
         return [a + g for a, g in zip(acc[0], grads)], [a + s for a, s in zip(acc[1], sums)]
@@ -285,7 +287,7 @@ class Trainer:
     def _apply(self, grads, sums):
         ctx = tf.distribute.get_replica_context()
         grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        nll, count, correct, tokens = ctx.all_reduce(tf.distribute.ReduceOp.SUM, sums)
+        nll, count, correct, tokens, positions = ctx.all_reduce(tf.distribute.ReduceOp.SUM, sums)
         # Mean over the target tokens (examples) of the whole global batch, then clipping: one
         # factor, applied inside each variable's update where the optimizer allows it.
         scale = tf.cast(loss_scale(self.optimizer), tf.float32)
@@ -310,6 +312,7 @@ class Trainer:
             "grad_norm": norm,
             "accuracy": correct / tf.maximum(count, 1.0),
             "tokens": tokens,
+            "positions": positions,
             "learning_rate": learning_rate,
             "skipped": skipped,
         }
@@ -481,6 +484,9 @@ class Trainer:
             )
         self.state["step"].assign(step)
         self.state["tokens"].assign_add(float(out["tokens"]))
+        # Real tokens and computed positions since the last log line: the padding share.
+        self._window[0] += float(out["tokens"])
+        self._window[1] += float(out["positions"])
         if self._loss_scaled and float(out["skipped"]):
             self.state["skipped_steps"].assign_add(1)
             logging.warning(
@@ -498,8 +504,10 @@ class Trainer:
             "grad_norm": float(out["grad_norm"]),
             "learning_rate": float(out["learning_rate"]),
             "tokens_per_second": self.monitor.tokens_per_second(self._state("tokens")),
+            "padding_share": 1.0 - self._window[0] / max(self._window[1], 1.0),
             "skipped_steps": int(self._state("skipped_steps")),
         }
+        self._window = [0.0, 0.0]
         self.monitor.scalars("train", step, values)
         self.monitor.log(step, self.total_steps, values)
         self._last_train = values
@@ -565,7 +573,7 @@ class Trainer:
 def csv_columns(is_lm: bool) -> list[str]:
     """metrics.csv's columns: one fixed set per kind of task, whatever a row holds."""
     train = ["loss", "perplexity" if is_lm else "accuracy", "grad_norm", "learning_rate"]
-    train += ["tokens_per_second", "skipped_steps"]
+    train += ["tokens_per_second", "padding_share", "skipped_steps"]
     val = ["loss", "perplexity", "token_accuracy"] if is_lm else ["loss", "accuracy", "macro_f1"]
     return ["step", "epoch", *(f"train_{k}" for k in train), *(f"val_{k}" for k in val)]
 
