@@ -164,7 +164,8 @@ def define_train_flags(task, **defaults) -> None:
         d["packing"],
         "LM tasks: pack several whole examples into each row of seq_len (attention and positions "
         "per example, the same loss as padded rows), each epoch anew from a seeded permutation. "
-        "--nopacking: one padded example per row. Classifier tasks ignore it.",
+        "Classifier tasks: batches cropped to a few length buckets (seq_len/8, /4, /2, seq_len), "
+        "the same loss as padded. --nopacking: one padded example per row of seq_len.",
     )
     flags.DEFINE_integer("epochs", d["epochs"], "Passes over the training split.")
     flags.DEFINE_integer("max_steps", d["max_steps"], "Optimizer steps; > 0 overrides --epochs.")

@@ -293,7 +293,7 @@ def test_grad_accumulation_with_packing(dolly_dir, tmp_path):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
 
 
-def test_classifier_ignores_packing(emotion_dir, tmp_path):
+def test_classifier_uses_length_buckets_not_packing(emotion_dir, tmp_path):
     trainer = Trainer(_config(emotion_dir, tmp_path, max_steps=1))
-    assert not trainer.packing
+    assert not trainer.packing and trainer.bucketing  # tests/test_buckets.py
     assert dataclasses.asdict(trainer.cfg)["packing"]

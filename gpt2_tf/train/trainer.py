@@ -23,6 +23,7 @@ from gpt2_tf.core.compat import loss_scale, seeded
 from gpt2_tf.core.hardware import resolve_precision
 from gpt2_tf.core.locking import FolderLock
 from gpt2_tf.core.reports import write_json
+from gpt2_tf.data.buckets import BucketSplit
 from gpt2_tf.data.packing import PackedSplit
 from gpt2_tf.data.records import (
     CLASSIFIER,
@@ -80,7 +81,7 @@ class TrainConfig:
     restart: bool = False  # clear output_dir's checkpoints and logs and start at step 0
     task: str | None = None  # the task the data must be (a pipeline's own); None: any
     # LM tasks: several whole examples per row of seq_len (`gpt2_tf.data.packing`); classifier
-    # tasks ignore it (padded rows)
+    # tasks: batches cropped to a few length buckets (`gpt2_tf.data.buckets`)
     packing: bool = True
 
     def __post_init__(self):
@@ -153,12 +154,17 @@ class Trainer:
                 f"micro-batch {self.micro_batch} (batch_size / grad_accum_steps) is "
                 f"not divisible by the {self.replicas} replicas"
             )
-        # Packed epochs differ in their number of rows, so in their number of steps.
+        # Packed epochs differ in their number of rows, so in their number of steps; bucketed
+        # epochs (classifiers) in their number of full batches.
         self.packing = bool(cfg.packing and self.is_lm)
+        self.bucketing = bool(cfg.packing and not self.is_lm)
         self._plans: dict[int, list] = {}
         self._packed: dict[str, PackedSplit] = {}
+        self._buckets: dict[str, BucketSplit] = {}
         if self.packing:
             self._packed["train"] = PackedSplit(cfg.data_dir, "train", stage=cfg.stage or None)
+        if self.bucketing:
+            self._buckets["train"] = BucketSplit(cfg.data_dir, "train", stage=cfg.stage or None)
         self.steps_per_epoch = self.epoch_steps(0)
         if self.steps_per_epoch < 1:
             what = "rows once packed" if self.packing else "examples"
@@ -330,20 +336,27 @@ class Trainer:
 
     # ---- data -----------------------------------------------------------------------------
     def _plan(self, epoch: int) -> list:
-        """Packed training rows of epoch `epoch` (example indices), from `seed` and the epoch."""
+        """Epoch `epoch`'s plan, from `seed` and the epoch: packed training rows (example
+        indices), or bucketed batches of `batch_size` (`(length, example indices)`, one a step)."""
         if epoch not in self._plans:
-            self._plans[epoch] = self._packed["train"].plan(self.cfg.seed, epoch)
+            if self.bucketing:
+                plan = self._buckets["train"].plan(self.cfg.batch_size, self.cfg.seed, epoch)
+            else:
+                plan = self._packed["train"].plan(self.cfg.seed, epoch)
+            self._plans[epoch] = plan
         return self._plans[epoch]
 
     def epoch_steps(self, epoch: int) -> int:
         """Optimizer steps in epoch `epoch` (a last partial batch is dropped)."""
         if self.packing:
             return len(self._plan(epoch)) // self.cfg.batch_size
+        if self.bucketing:
+            return len(self._plan(epoch))
         return split_examples(self.meta, "train", self.cfg.stage) // self.cfg.batch_size
 
     def locate(self, step: int) -> tuple[int, int]:
         """(epoch, steps already taken in it) of the run's `step`-th step (0-based)."""
-        if not self.packing:
+        if not (self.packing or self.bucketing):
             return divmod(step, self.steps_per_epoch)
         epoch = 0
         while step >= self.epoch_steps(epoch):
@@ -354,12 +367,16 @@ class Trainer:
     def _epoch_dataset(self, epoch: int, skip_steps: int):
         """Epoch `epoch`'s micro-batches in a fixed seeded order, after `skip_steps` steps.
         Packed: the rows of the epoch's plan (`_plan`: the permutation of `(seed, epoch)`, packed
-        first fit). Padded: the shuffle's seed pairs `seed + epoch` with TensorFlow's global
-        seed, so that is `seed` too while the dataset is made (and what it was afterwards)."""
+        first fit). Bucketed (classifiers): the plan's batches, each cut into `grad_accum_steps`
+        micro-batches of its length (`gpt2_tf.data.buckets`). Padded: the shuffle's seed pairs
+        `seed + epoch` with TensorFlow's global seed, so that is `seed` too while the dataset is
+        made (and what it was afterwards)."""
         if self.packing:  # the epoch's packed rows (`gpt2_tf.data.packing`)
             packed = self._packed["train"]
             ds = tf.data.Dataset.from_tensor_slices(packed.rows(self._plan(epoch)))
             ds = ds.batch(self.micro_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        elif self.bucketing:
+            ds = self._buckets["train"].dataset(self._plan(epoch), self.cfg.grad_accum_steps)
         else:
             with seeded(self.cfg.seed):
                 ds = load_tfrecords(
@@ -383,11 +400,18 @@ class Trainer:
     def evaluate(self, split: str = "validation") -> dict:
         """Metrics over a split (on every worker, undistributed: models are identical). With
         `packing`, over the split's packed rows in its own order (the same sums as padded);
-        `eval_batches` then counts batches of packed rows."""
+        `eval_batches` then counts batches of packed rows. Classifiers with `packing`: over the
+        split's length buckets (every example once; the batches in a seeded order)."""
         if self.packing:
             if split not in self._packed:
                 self._packed[split] = PackedSplit(self.cfg.data_dir, split)
             ds = self._packed[split].dataset(self.micro_batch, shuffle=False)
+        elif self.bucketing:
+            if split not in self._buckets:
+                self._buckets[split] = BucketSplit(self.cfg.data_dir, split)
+            buckets = self._buckets[split]
+            plan = buckets.plan(self.micro_batch, shuffle=False, drop_remainder=False)
+            ds = buckets.dataset(plan)
         else:
             ds = load_tfrecords(self.cfg.data_dir, split, self.micro_batch)
         sums = loop.run(self.model, ds, self.cfg.eval_batches)
