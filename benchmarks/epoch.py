@@ -5,7 +5,8 @@ Rows: the Dolly sample (instruction template, response-only loss) at seq_len 102
 (classification) at 128, prepared once by gpt2_tf's prep, so every system trains on the same
 token ids. Systems:
 - gpt2_tf padded: today's path, every row at the full seq_len;
-- gpt2_tf packed: several whole examples per row (`--packing`, the default for LM tasks);
+- gpt2_tf packed: several whole examples per row (`--packing`, the default), or for a classifier
+  length buckets (each batch cropped to the smallest of a few lengths that holds it);
 - Hugging Face: a PyTorch loop with its best standard option, `group_by_length` (the Trainer's
   LengthGroupedSampler: megabatches of 50 batches sorted by length) and dynamic padding to each
   batch's longest row. Its padding-free collator (`DataCollatorWithFlattening`) needs
@@ -287,7 +288,7 @@ CASES = (epoch_ours, epoch_hf, epoch_keras_hub)
 
 
 SYSTEMS = {  # (case, packing) -> the name a table gives it
-    ("epoch_ours", True): "gpt2_tf packed",
+    ("epoch_ours", True): "gpt2_tf packed (LM) / length buckets (classifier)",
     ("epoch_ours", False): "gpt2_tf padded",
     ("epoch_hf", False): "HF, group_by_length + dynamic padding",
     ("epoch_keras_hub", False): "keras-hub, fixed length",
