@@ -164,7 +164,7 @@ def define_train_flags(task, **defaults) -> None:
         d["packing"],
         "LM tasks: pack several whole examples into each row of seq_len (attention and positions "
         "per example, the same loss as padded rows), each epoch anew from a seeded permutation. "
-        "Classifier tasks: batches cropped to a few length buckets (seq_len/8, /4, /2, seq_len), "
+        "Classifier tasks: batches cropped to length buckets (every multiple of 8 up to seq_len), "
         "the same loss as padded. --nopacking: one padded example per row of seq_len.",
     )
     flags.DEFINE_integer("epochs", d["epochs"], "Passes over the training split.")

@@ -49,11 +49,10 @@ def _short(buckets, n=N):
 
 
 def test_bucket_lengths():
-    assert bucket_lengths(64) == [8, 16, 32, 64]
-    assert bucket_lengths(128) == [16, 32, 64, 128]
-    assert bucket_lengths(100) == [16, 32, 56, 100]
+    assert bucket_lengths(64) == [8, 16, 24, 32, 40, 48, 56, 64]
+    assert bucket_lengths(100) == [*range(8, 100, 8), 100]
     assert bucket_lengths(12) == [8, 12]
-    assert bucket_lengths(64, shortest=10) == [16, 32, 64]  # none holds only shorter examples
+    assert bucket_lengths(64, shortest=10) == [16, 24, 32, 40, 48, 56, 64]  # 8 would hold none
 
 
 @pytest.mark.parametrize("pooling", ["last", "mean"])
