@@ -29,8 +29,7 @@ PREP_FLAGS = (
         "input_jsonl",
         None,
         "Wiktionary senses, one JSON object a line: {word, pos, definition, examples[]}. "
-        "Required: this task has no hub source (`make prep-dictionary` passes "
-        "../shared/data/wiktionary/flat_senses.jsonl where it exists).",
+        "Required: this task has no hub source (`make prep-dictionary INPUT=<file>`).",
         input=True,
     ),
     Flag(
