@@ -37,9 +37,8 @@ from gpt2_tf.data.packing import permutation
 from gpt2_tf.data.records import (
     CLASSIFIER,
     _check,
-    explain_data_loss,
     read_metadata,
-    split_files,
+    read_split,
 )
 
 STEP = 8  # bucket lengths: every multiple of this below seq_len, and seq_len
@@ -98,22 +97,11 @@ class BucketSplit:
         if meta["kind"] != CLASSIFIER:
             raise ValueError(f"{folder}: length buckets are for classifiers; {meta['task']} is not")
         self.seq_len = int(meta["seq_len"])
-        spec = {
-            "input_ids": tf.io.FixedLenFeature([self.seq_len], tf.int64),
-            "length": tf.io.FixedLenFeature([], tf.int64),
-            "label": tf.io.FixedLenFeature([], tf.int64),
-        }
         ids, lengths, labels = [], [], []
-        # The files in name order, each from its start: the index of an example is fixed.
-        try:
-            for path in split_files(folder, split, stage):
-                for record in tf.data.TFRecordDataset(path).batch(1024):
-                    ex = tf.io.parse_example(record, spec)
-                    ids.append(ex["input_ids"].numpy().astype(np.int32))
-                    lengths.append(ex["length"].numpy())
-                    labels.append(ex["label"].numpy().astype(np.int32))
-        except tf.errors.DataLossError as e:  # a damaged shard: say which, and what to do
-            raise explain_data_loss(folder, e) from e
+        for block in read_split(folder, meta, split, stage):
+            ids.append(block["input_ids"].astype(np.int32))
+            lengths.append(block["length"])
+            labels.append(block["label"].astype(np.int32))
         self.token_ids = np.concatenate(ids) if ids else np.zeros((0, self.seq_len), np.int32)
         self.lengths = np.concatenate(lengths).astype(np.int64) if lengths else np.zeros(0, int)
         self.labels = np.concatenate(labels) if labels else np.zeros(0, np.int32)

@@ -28,9 +28,8 @@ import tensorflow as tf
 from gpt2_tf.data.records import (
     CLASSIFIER,
     _check,
-    explain_data_loss,
     read_metadata,
-    split_files,
+    read_split,
 )
 
 
@@ -74,23 +73,12 @@ class PackedSplit:
         if meta["kind"] == CLASSIFIER:
             raise ValueError(f"{folder}: packing is for LM tasks; {meta['task']} is a classifier")
         self.seq_len, self.pad_id = int(meta["seq_len"]), int(meta["pad_id"])
-        spec = {
-            "input_ids": tf.io.FixedLenFeature([self.seq_len], tf.int64),
-            "length": tf.io.FixedLenFeature([], tf.int64),
-            "prompt_length": tf.io.FixedLenFeature([], tf.int64),
-        }
         tokens, lengths, prompts = [], [], []
-        # The files in name order, each from its start: the index of an example is fixed.
-        try:
-            for path in split_files(folder, split, stage):
-                for record in tf.data.TFRecordDataset(path).batch(1024):
-                    ex = tf.io.parse_example(record, spec)
-                    ids, length = ex["input_ids"].numpy(), ex["length"].numpy()
-                    tokens += [row[:n].astype(np.int32) for row, n in zip(ids, length)]
-                    lengths.append(length)
-                    prompts.append(ex["prompt_length"].numpy())
-        except tf.errors.DataLossError as e:  # a damaged shard: say which, and what to do
-            raise explain_data_loss(folder, e) from e
+        for block in read_split(folder, meta, split, stage):
+            ids, length = block["input_ids"], block["length"]
+            tokens += [row[:n].astype(np.int32) for row, n in zip(ids, length)]
+            lengths.append(length)
+            prompts.append(block["prompt_length"])
         self.lengths = np.concatenate(lengths).astype(np.int64) if lengths else np.zeros(0, int)
         self.prompt_lengths = np.concatenate(prompts).astype(np.int64) if prompts else self.lengths
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])

@@ -147,6 +147,24 @@ def split_files(folder: str, split: str, stage: int | None = None) -> list[str]:
     return files
 
 
+def read_split(folder: str, meta: dict, split: str, stage=None):
+    """Yields a split's records in file-name order (so an example's index is fixed), parsed in
+    blocks of 1,024 as numpy arrays: input_ids [n, seq_len], length, and label or prompt_length
+    (what `packing` and `buckets` read a split with). A damaged shard is named."""
+    field = "label" if meta["kind"] == CLASSIFIER else "prompt_length"
+    spec = {
+        "input_ids": tf.io.FixedLenFeature([int(meta["seq_len"])], tf.int64),
+        "length": tf.io.FixedLenFeature([], tf.int64),
+        field: tf.io.FixedLenFeature([], tf.int64),
+    }
+    try:
+        for path in split_files(folder, split, stage):
+            for record in tf.data.TFRecordDataset(path).batch(1024):
+                yield {k: v.numpy() for k, v in tf.io.parse_example(record, spec).items()}
+    except tf.errors.DataLossError as e:  # a damaged shard: say which, and what to do
+        raise explain_data_loss(folder, e) from e
+
+
 def split_examples(meta: dict, split: str, stage: int | None = None) -> int:
     """Examples in a split, from `metadata.json`: one stage of it, or all of its stages (staged
     text data names its training split's files `train-stage{k}-*`, which `train-*` matches)."""
