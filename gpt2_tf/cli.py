@@ -360,7 +360,9 @@ def run_staged() -> dict:
     f = FLAGS
     train = {x.name: getattr(f, x.name) for x in dataclasses.fields(TrainConfig) if x.name in f}
     generation = {name: getattr(f, name) for name in STAGED_GENERATION_FLAGS}
-    evaluation = EvalConfig(model_dir="", batch_size=f.batch_size, seed=f.seed, **generation)
+    evaluation = EvalConfig(
+        model_dir="", batch_size=f.batch_size, seed=f.seed, packing=f.packing, **generation
+    )
     results = staged.run_staged(staged.StagedConfig(TrainConfig(**train), evaluation))
     for row in results["stages"]:
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})

@@ -26,6 +26,7 @@ from gpt2_tf.analyses import plots
 from gpt2_tf.core import run_folder
 from gpt2_tf.core.compat import seeded
 from gpt2_tf.core.reports import md_table, write_csv, write_json, write_jsonl
+from gpt2_tf.data.batches import load_split
 from gpt2_tf.data.records import CLASSIFIER, load_tfrecords, read_metadata, split_prompts
 from gpt2_tf.evaluation import metrics
 from gpt2_tf.evaluation.loop import classifier_predictions, perplexity_on
@@ -49,6 +50,9 @@ class EvalConfig:
     unit: str = "auto"  # what distinct-n counts: words, chars, or auto (chars for CJK text)
     compare_base: bool = True
     num_shown: int = 5  # side-by-side examples in the report
+    # LM tasks: perplexity over packed rows; classifiers: predictions in length buckets
+    # (`data.batches`); the same results as padded batches, without their compute
+    packing: bool = True
 
     def __post_init__(self):
         from gpt2_tf.model.generation import SAMPLERS
@@ -71,7 +75,8 @@ HELP = {
     "output_dir": "Where the results go (default: eval/ beside --model_dir, in the run folder).",
     "data_dir": "Prepared TFRecords (default: the run's, from its train_config.json).",
     "split": "The split evaluated (test, validation, ...).",
-    "batch_size": "Examples per batch for perplexity and predictions.",
+    "batch_size": "Batch for perplexity and predictions: packed rows of seq_len for LM tasks "
+    "with --packing, else examples.",
     "num_generations": "LM tasks: prompts taken from the split for the generation metrics.",
     "max_new_tokens": "LM tasks: tokens generated per prompt.",
     "sampler": "LM tasks: greedy, temperature, top_k or top_p.",
@@ -85,6 +90,9 @@ HELP = {
     "(chars when the text is mostly Chinese/Japanese).",
     "compare_base": "Also evaluate the base model (the run's --init_from) side by side.",
     "num_shown": "Side-by-side examples shown in report.md.",
+    "packing": "Padding-free batches: LM perplexity over packed rows (several examples a row, "
+    "attention within each), classifier predictions in length buckets; the same results as "
+    "--nopacking's padded rows.",
 }
 
 
@@ -188,7 +196,9 @@ def _side_by_side(model, base) -> dict:
 def evaluate_lm(model, tokenizer, data_dir: str, cfg: EvalConfig, base=None, embed=None) -> dict:
     """Perplexity and generation metrics of the model (and of `base`, when given)."""
     models = _side_by_side(model, base)
-    dataset = load_tfrecords(data_dir, cfg.split, cfg.batch_size, tokenizer=tokenizer)
+    dataset, _ = load_split(
+        data_dir, cfg.split, cfg.batch_size, packing=cfg.packing, tokenizer=tokenizer
+    )
     prompts = split_prompts(data_dir, cfg.split, cfg.num_generations)
     prompt_texts = [tokenizer.decode(p) for p in prompts]
     unit = choose_unit(cfg.unit, prompt_texts)
@@ -209,11 +219,13 @@ def evaluate_lm(model, tokenizer, data_dir: str, cfg: EvalConfig, base=None, emb
 def evaluate_classifier(model, tokenizer, data_dir: str, cfg: EvalConfig, base=None) -> dict:
     meta = read_metadata(data_dir)
     names = meta["label_names"]
-    dataset = load_tfrecords(data_dir, cfg.split, cfg.batch_size, tokenizer=tokenizer)
+    dataset, order = load_split(
+        data_dir, cfg.split, cfg.batch_size, packing=cfg.packing, tokenizer=tokenizer
+    )
     models = _side_by_side(model, base)
     out, predictions = {"label_names": names, "models": {}, "samples": []}, {}
-    for name, m in models.items():
-        labels, predictions[name] = classifier_predictions(m, dataset)
+    for name, m in models.items():  # labels and predictions in the split's order
+        labels, predictions[name] = classifier_predictions(m, dataset, order)
         out["models"][name] = metrics.classification_metrics(labels, predictions[name], names)
     x, _, _ = next(iter(load_tfrecords(data_dir, cfg.split, cfg.num_shown)))
     for i, (ids, mask) in enumerate(zip(x["token_ids"].numpy(), x["padding_mask"].numpy())):

@@ -8,7 +8,7 @@ its leading space) is one token, not "Ġ" + "yes" merged across the boundary.
 
 Several candidate answers are ranked by probability, which favours short answers; the
 length-normalised log-probability (the mean over the answer's tokens) is reported beside it.
-Many (prompt, answer) pairs run in right-padded batches of one forward pass each.
+Many (prompt, answer) pairs run packed, several to a row of one forward pass (no padding).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from gpt2_tf.core.reports import md_cell, md_table, shorten, write_jsonl
 from gpt2_tf.core.run_folder import REPORT
+from gpt2_tf.evaluation.hidden import hidden_states
 
 
 @dataclasses.dataclass
@@ -58,7 +59,9 @@ class AnswerScore:
 def answer_log_probs(model, pairs: list[tuple[list[int], list[int]]], batch_size: int = 16):
     """Per-token natural-log probabilities of each answer's ids after its prompt's ids.
 
-    `pairs` are (prompt ids, answer ids); returns one float64 array [len(answer)] per pair.
+    `pairs` are (prompt ids, answer ids); returns one float64 array [len(answer)] per pair. The
+    pairs run packed, several to a row (`evaluation.hidden`), `batch_size` rows a forward pass,
+    and the [*, vocab] head runs only where an answer token is predicted.
     """
     limit = model.config.n_positions
     for i, (prompt, answer) in enumerate(pairs):
@@ -69,28 +72,31 @@ def answer_log_probs(model, pairs: list[tuple[list[int], list[int]]], batch_size
                 f"pair {i}: prompt ({len(prompt)}) + answer ({len(answer)}) tokens exceed the "
                 f"model's n_positions {limit}"
             )
-    out = []
-    for start in range(0, len(pairs), batch_size):
-        out += _batch_log_probs(model, pairs[start : start + batch_size])
-    return out
+    if not pairs:
+        return []
+    hidden = hidden_states(model, [p + a for p, a in pairs], batch_rows=batch_size)
+    # Position len(prompt) - 1 + j predicts the answer's token j.
+    rows = np.concatenate([h[len(p) - 1 : len(p) - 1 + len(a)] for h, (p, a) in zip(hidden, pairs)])
+    targets = np.concatenate([a for _, a in pairs]).astype(np.int32)
+    picked = np.concatenate(
+        [
+            _token_log_probs(model, rows[s : s + HEAD_ROWS], targets[s : s + HEAD_ROWS])
+            for s in range(0, len(rows), HEAD_ROWS)
+        ]
+    )
+    ends = np.cumsum([len(a) for _, a in pairs])
+    return [x.astype(np.float64) for x in np.split(picked, ends[:-1])]
 
 
-def _batch_log_probs(model, pairs) -> list[np.ndarray]:
-    rows = [p + a for p, a in pairs]
-    width = -(-max(map(len, rows)) // 8) * 8  # a multiple of 8: fewer distinct shapes
-    ids = np.zeros((len(rows), width), np.int32)
-    mask = np.zeros((len(rows), width), np.int32)
-    for r, row in enumerate(rows):
-        ids[r, : len(row)], mask[r, : len(row)] = row, 1
-    logits = model({"token_ids": tf.constant(ids), "padding_mask": tf.constant(mask)})  # [B, T, V]
-    # Position t predicts token t + 1: log p = logit of that token - logsumexp over the vocabulary
-    # (no [B, T, V] log-softmax copy).
-    target = tf.gather(logits[:, :-1], ids[:, 1:], batch_dims=2)  # [B, T-1]
-    picked = (target - tf.reduce_logsumexp(logits[:, :-1], axis=-1)).numpy()  # [B, T-1]
-    return [
-        picked[r, len(p) - 1 : len(p) - 1 + len(a)].astype(np.float64)
-        for r, (p, a) in enumerate(pairs)
-    ]
+HEAD_ROWS = 512  # answer positions per [rows, vocab] head product: 512 x 50257 float32 is 103 MB
+
+
+def _token_log_probs(model, hidden, targets) -> np.ndarray:
+    """log softmax(logits)[target] of hidden [N, E] through the tied head: the target's logit
+    minus the log-sum-exp over the vocabulary (no [N, V] log-softmax copy)."""
+    logits = model.logits(tf.cast(hidden, model.compute_dtype))  # [N, V] float32
+    target = tf.gather(logits, targets, batch_dims=1)
+    return (target - tf.reduce_logsumexp(logits, axis=-1)).numpy()
 
 
 def _prompt_ids(tokenizer, prompt: str | list[int]) -> list[int]:

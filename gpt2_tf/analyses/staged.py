@@ -30,7 +30,8 @@ from gpt2_tf.analyses.evaluate import (
 )
 from gpt2_tf.core import run_folder
 from gpt2_tf.core.reports import md_table, write_csv, write_json, write_jsonl
-from gpt2_tf.data.records import load_tfrecords, read_metadata, split_prompts
+from gpt2_tf.data.batches import load_split
+from gpt2_tf.data.records import read_metadata, split_prompts
 from gpt2_tf.evaluation import metrics
 from gpt2_tf.train.trainer import TrainConfig
 
@@ -90,8 +91,9 @@ class StageEvaluator:
     def __init__(self, cfg: StagedConfig, tokenizer, start_model, probe):
         self.cfg, self.tokenizer, self.probe, data_dir = cfg, tokenizer, probe, cfg.train.data_dir
         ev = cfg.evaluation
-        self.datasets = {
-            s: load_tfrecords(data_dir, s, ev.batch_size, tokenizer=tokenizer) for s in PPL_SPLITS
+        self.datasets = {  # packed rows, as the stages train (or padded, with --nopacking)
+            s: load_split(data_dir, s, ev.batch_size, packing=ev.packing, tokenizer=tokenizer)[0]
+            for s in PPL_SPLITS
         }
         self.prompts = split_prompts(data_dir, ev.split, ev.num_generations)
         self.prompt_texts = [tokenizer.decode(p) for p in self.prompts]

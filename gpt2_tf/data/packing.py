@@ -64,6 +64,32 @@ def pack_plan(lengths, seq_len: int, order=None) -> list[list[int]]:
     return rows
 
 
+def pack_sequences(
+    sequences: list[list[int]], width: int, pad_id: int = 0
+) -> tuple[dict, list[tuple[int, int]]]:
+    """Packs token sequences (in their order, first fit) into rows of `width` for a forward pass
+    that attends within each sequence only: numpy model inputs `{"token_ids", "padding_mask",
+    "segment_ids"}` [rows, width] and, per sequence, `(row, start)`, where its tokens begin.
+    What the analyses use for many short texts (answer scoring, sentence embeddings): a
+    sequence's hidden states are those it gets alone in a row of its own."""
+    empty = [i for i, s in enumerate(sequences) if not len(s)]
+    if empty:
+        raise ValueError(f"sequence {empty[0]} is empty: each needs at least one token")
+    rows = pack_plan([len(s) for s in sequences], width)
+    ids = np.full((len(rows), width), pad_id, np.int32)
+    segments = np.zeros((len(rows), width), np.int32)
+    where = [(0, 0)] * len(sequences)
+    for r, members in enumerate(rows):
+        at = 0
+        for k, i in enumerate(members, start=1):
+            n = len(sequences[i])
+            ids[r, at : at + n], segments[r, at : at + n] = sequences[i], k
+            where[i] = (r, at)
+            at += n
+    x = {"token_ids": ids, "padding_mask": (segments > 0).astype(np.int32), "segment_ids": segments}
+    return x, where
+
+
 class PackedSplit:
     """One LM split's examples, held as their real tokens, packed anew for each epoch."""
 

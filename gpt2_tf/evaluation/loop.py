@@ -97,7 +97,13 @@ def perplexity_on(model, dataset) -> dict:
     }
 
 
-def classifier_predictions(model, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """(true labels [N], predicted labels [N]) over a classifier split."""
+def classifier_predictions(model, dataset, order=None) -> tuple[np.ndarray, np.ndarray]:
+    """(true labels [N], predicted labels [N]) over a classifier split, in the split's order:
+    `order` gives each batched example's index in the split when the batches reorder it
+    (`data.batches.load_split`'s length buckets)."""
     sums = run(model, dataset)
-    return sums.labels, sums.predictions
+    if order is None:
+        return sums.labels, sums.predictions
+    labels, predictions = np.empty_like(sums.labels), np.empty_like(sums.predictions)
+    labels[order], predictions[order] = sums.labels, sums.predictions
+    return labels, predictions

@@ -126,7 +126,8 @@ class MiniLMEmbedder(SentenceEmbedder):
 
 
 class GPT2Embedder(SentenceEmbedder):
-    """Mean of a GPT-2 model's last hidden states over each text's real tokens (padding mask)."""
+    """Mean of a GPT-2 model's last hidden states over each text's tokens, computed in packed
+    rows (`evaluation.hidden`): `batch_size` rows of several texts a forward pass."""
 
     def __init__(self, model, tokenizer, batch_size: int = 32, label: str = "the model"):
         self.backbone = getattr(model, "backbone", model)
@@ -135,21 +136,13 @@ class GPT2Embedder(SentenceEmbedder):
         self.name = f"GPT-2 mean-pooled last hidden states of {label}"
 
     def __call__(self, texts: list[str]) -> np.ndarray:
+        from gpt2_tf.evaluation.hidden import hidden_states  # TensorFlow: only for this embedder
+
         eos = self.tokenizer.eos_id
         rows = [(self.tokenizer.encode(t) or [eos])[: self.max_len] for t in texts]
-        return np.concatenate(
-            [
-                self._embed(rows[i : i + self.batch_size])
-                for i in range(0, len(rows), self.batch_size)
-            ]
-        )
-
-    def _embed(self, rows: list[list[int]]) -> np.ndarray:
-        width = max(map(len, rows))
-        ids = np.array([r + [0] * (width - len(r)) for r in rows], np.int32)  # [B, T]
-        mask = np.array([[1] * len(r) + [0] * (width - len(r)) for r in rows], np.int32)
-        hidden = np.asarray(self.backbone({"token_ids": ids, "padding_mask": mask}), np.float64)
-        return (hidden * mask[:, :, None]).sum(1) / mask.sum(1, keepdims=True)  # [B, E]
+        hidden = hidden_states(self.backbone, rows, batch_rows=self.batch_size)
+        vectors = [h.astype(np.float64).mean(0) for h in hidden]
+        return np.stack(vectors) if vectors else np.zeros((0, self.backbone.config.n_embd))
 
 
 def minilm_available() -> bool:

@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from gpt2_tf.core.run_folder import TASK_FILE
+from gpt2_tf.data.buckets import bucket_lengths, bucket_plan
 from gpt2_tf.data.readers import RowError, iter_jsonl, iter_lines
 from gpt2_tf.data.tasks import EncodeContext, get_task
 from gpt2_tf.model.generation import generate, prompt_room
@@ -96,15 +97,28 @@ def predict(model, tokenizer, task: dict, inputs: list, **generation) -> list[di
             }
             for p, n in zip(ids, new)
         ]
-    width = max(map(len, ids))
-    token_ids = np.array([row + [tokenizer.eos_id] * (width - len(row)) for row in ids], np.int32)
-    mask = np.array([[1] * len(row) + [0] * (width - len(row)) for row in ids], np.int32)
-    probs = _softmax(np.asarray(model({"token_ids": token_ids, "padding_mask": mask})))
+    probs = _classify(model, ids, tokenizer.eos_id)
     names = task["label_names"]
     return [
         {"label": names[int(p.argmax())], "probabilities": dict(zip(names, p.round(4).tolist()))}
         for p in probs
     ]
+
+
+def _classify(model, ids: list[list[int]], pad_id: int, batch_size: int = 32) -> np.ndarray:
+    """Class probabilities [N, C] of each input's ids, in length buckets (`data.buckets`) of
+    `batch_size`: each batch is padded only to the shortest multiple of 8 that holds it."""
+    lengths = np.array([len(row) for row in ids], np.int64)
+    buckets = bucket_lengths(int(lengths.max()))
+    plan = bucket_plan(lengths, buckets, batch_size, drop_remainder=False)
+    probs = np.zeros((len(ids), model.num_classes))
+    for length, indices in plan:
+        token_ids = np.full((len(indices), length), pad_id, np.int32)
+        for r, i in enumerate(indices):
+            token_ids[r, : lengths[i]] = ids[i]
+        mask = (np.arange(length)[None, :] < lengths[indices][:, None]).astype(np.int32)
+        probs[indices] = _softmax(np.asarray(model({"token_ids": token_ids, "padding_mask": mask})))
+    return probs
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
