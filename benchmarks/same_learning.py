@@ -11,6 +11,12 @@ earlier run with 8 padded examples took 73 updates an epoch against the packed r
 ended 0.03 higher in loss for the packed run: fewer, larger updates). Writes
 `benchmarks/results/same_learning.{png,json}`: the curves, each run's updates and examples per
 update, and the gap between the packed and padded means beside the seeds' spread.
+
+Measured (Intel Xeon with AMX, 2 cores, 3 seeds, 12 min): packed minus padded mean validation
+loss after epochs 1-4: +0.044, -0.006, +0.010, +0.003, against a seed spread (std) of
+0.014-0.016, 0.001-0.006, 0.008-0.013, 0.004-0.010. From epoch 2 on the gap is within the
+seeds' spread; after epoch 1 packed has made 63 updates to padded's 65, at a point where each
+update lowers the loss by about 0.05.
 """
 
 from __future__ import annotations
@@ -103,8 +109,10 @@ def main() -> None:
     plot(runs, os.path.join(RESULTS, "same_learning.png"))
     for name, run in runs.items():
         losses = ", ".join(f"{x:.3f}" for x in run["val_loss"])
-        print(f"{name}: {losses} ({run['updates']} updates, {run['examples_per_update']:.1f} "
-              "examples each)")
+        print(
+            f"{name}: {losses} ({run['updates']} updates, {run['examples_per_update']:.1f} "
+            "examples each)"
+        )
     for row in summary:
         print(
             f"epoch {row['epoch']}: packed - padded {row['gap']:+.4f}; seed spread (std) "
