@@ -133,11 +133,11 @@ def epoch_ours(a: dict) -> dict:
     trainer = Trainer(cfg)
     steps = trainer.epoch_steps(0)
     last = trainer.epoch_steps(1) - 1
-    float(trainer._train_step(iter(trainer._epoch_dataset(1, last)))["loss"])  # warm-up
+    float(trainer.step(iter(trainer._epoch_dataset(1, last)))["loss"])  # warm-up
     iterator = iter(trainer._epoch_dataset(0, 0))
     start = time.perf_counter()
     for _ in range(steps):
-        loss = trainer._train_step(iterator)["loss"]
+        loss = trainer.step(iterator)["loss"]
     float(loss)
     seconds = time.perf_counter() - start
     # What the epoch trained on, read from its own batches (a packed epoch leaves out the last

@@ -75,15 +75,15 @@ def main() -> None:
     )
     batches = iter(trainer._epoch_dataset(0, 0))
     for _ in range(2):  # trace and warm up
-        float(trainer._train_step(batches)["loss"])
+        float(trainer.step(batches)["loss"])
     if memory:
         return memory_peaks(trainer, batches)
     start = time.perf_counter()
-    float(trainer._train_step(batches)["loss"])
+    float(trainer.step(batches)["loss"])
     print(f"step: {time.perf_counter() - start:.2f} s")
     logdir = tempfile.mkdtemp()
     tf.profiler.experimental.start(logdir)
-    float(trainer._train_step(batches)["loss"])
+    float(trainer.step(batches)["loss"])
     tf.profiler.experimental.stop()
     by_type, calls, by_name = op_times(logdir)
     print(f"op time under the profiler: {sum(by_type.values()):.0f} ms")
@@ -103,16 +103,16 @@ def memory_peaks(trainer, batches) -> None:
     import tensorflow as tf
 
     batch = next(batches)
-    forward = tf.function(lambda b: trainer._forward_sums(*b, training=True)[0])
+    forward = tf.function(lambda b: trainer.step.forward_sums(*b, training=True)[0])
 
     @tf.function
     def gradients(b):  # each gradient is summed away as it comes: none is held to the end
-        return tf.add_n([tf.reduce_sum(g) for g in trainer._micro(b)[0]])
+        return tf.add_n([tf.reduce_sum(g) for g in trainer.step.micro(b)[0]])
 
     phases = {
         "forward (training, no tape)": lambda: float(forward(batch)),
         "forward and gradients": lambda: float(gradients(batch)),
-        "train step": lambda: float(trainer._train_step(batches)["loss"]),
+        "train step": lambda: float(trainer.step(batches)["loss"]),
     }
     for name, run in phases.items():
         run()

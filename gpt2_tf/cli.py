@@ -131,6 +131,7 @@ def run_prep(task, task_options: dict | None = None, **extra) -> dict:
 def define_train_flags(task, **defaults) -> None:
     """Every TrainConfig field as a flag, with the task's `train_defaults` (e.g. LoRA for RTE)
     and then `defaults` over TrainConfig's."""
+    from gpt2_tf.core.hardware import JIT_CHOICES
     from gpt2_tf.train.distribute import STRATEGIES
     from gpt2_tf.train.optim import SCHEDULES
     from gpt2_tf.train.trainer import PRECISIONS, TrainConfig
@@ -192,6 +193,13 @@ def define_train_flags(task, **defaults) -> None:
         list(PRECISIONS),
         "Keras dtype policy; auto: mixed_bfloat16 where the device has bfloat16 natively (GPUs of "
         "compute capability 8.0+, TPUs, CPUs with AMX or AVX512-BF16 under oneDNN), else float32.",
+    )
+    flags.DEFINE_enum(
+        "jit_compile",
+        d["jit_compile"],
+        list(JIT_CHOICES),
+        "The training step as one XLA program (true) or a TensorFlow graph (false); auto: XLA on "
+        "GPUs, TPUs and CPUs where TensorFlow runs without oneDNN, the graph where it runs oneDNN.",
     )
     flags.DEFINE_enum("strategy", d["strategy"], list(STRATEGIES), "tf.distribute strategy.")
     flags.DEFINE_integer(

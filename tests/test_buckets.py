@@ -177,7 +177,7 @@ def test_training_in_buckets_traces_once_and_resumes_to_the_same_weights(
     whole = Trainer(_config(emotion_dir, tmp_path / "whole", **cfg))
     assert len({length for length, _ in whole._plan(0)[:9]}) > 1
     whole.run()
-    assert whole._train_step.experimental_get_tracing_count() == 1
+    assert whole.step.experimental_get_tracing_count() == 1
 
     stop_at = 7  # after the checkpoint at step 6 (save_every=2)
     killed = Trainer(_config(emotion_dir, tmp_path / "killed", **cfg))

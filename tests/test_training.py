@@ -117,14 +117,14 @@ def test_lora_trains_only_adapters(dolly_dir, tmp_path):
 def test_loss_ignores_prompt_targets(dolly_dir, tmp_path):
     trainer = Trainer(config(dolly_dir, tmp_path))
     x, y, w = next(iter(load_tfrecords(dolly_dir, "train", 4)))
-    base = trainer._forward_sums(x, y, w, training=False)[0].numpy()
+    base = trainer.step.forward_sums(x, y, w, training=False)[0].numpy()
     y, w = y.numpy(), w.numpy()
     prompt_pos = np.argwhere((w == 0) & (x["padding_mask"].numpy() == 1))[0]
     target_pos = np.argwhere(w == 1)[0]
     for pos, changes in ((prompt_pos, False), (target_pos, True)):
         changed = y.copy()
         changed[tuple(pos)] = (changed[tuple(pos)] + 1) % 50257
-        loss = trainer._forward_sums(x, tf.constant(changed), tf.constant(w), training=False)[0]
+        loss = trainer.step.forward_sums(x, tf.constant(changed), tf.constant(w), training=False)[0]
         assert (abs(float(loss) - float(base)) > 1e-4) == changes
 
 

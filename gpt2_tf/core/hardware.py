@@ -1,10 +1,11 @@
 """What this machine can do, read in one place: bfloat16 hardware, oneDNN, GPUs, TPUs.
 
-`--precision=auto` (every `train.py`) and `make bench`'s choice of rows come from here, so a speed
-path is chosen by what the machine has rather than assumed. bfloat16 pays where the device does
-it natively: GPUs of compute capability 8.0 or later, TPUs, and CPUs with AMX-BF16 or AVX512-BF16
-when TensorFlow runs its oneDNN kernels. Elsewhere it is emulated and slower than float32
-(measured on an AVX2-only AMD EPYC: 52 against 72 tokens/s, GPT-2 124M training).
+`--precision=auto` and `--jit_compile=auto` (every `train.py`) and `make bench`'s choice of rows
+come from here, so a speed path is chosen by what the machine has rather than assumed. bfloat16
+pays where the device does it natively: GPUs of compute capability 8.0 or later, TPUs, and CPUs
+with AMX-BF16 or AVX512-BF16 when TensorFlow runs its oneDNN kernels. Elsewhere it is emulated
+and slower than float32 (measured on an AVX2-only AMD EPYC: 52 against 72 tokens/s, GPT-2 124M
+training).
 """
 
 from __future__ import annotations
@@ -98,3 +99,42 @@ def resolve_precision(requested: str, strategy: str = "auto") -> tuple[str, str]
     precision = "mixed_bfloat16" if native else "float32"
     logging.info("--precision=auto chose %s: %s", precision, why)
     return precision, why
+
+
+JIT_CHOICES = ("auto", "true", "false")
+
+
+def resolve_jit_compile(
+    requested: str, strategy: str = "auto", precision: str = "float32", replicas: int = 1
+) -> tuple[bool, str]:
+    """Whether the training step runs as one XLA program (`train/step.py`), and why.
+
+    `auto`: XLA on GPUs and TPUs, and on CPUs where TensorFlow runs without oneDNN; the graph
+    step where it runs oneDNN, whose kernels (AMX, AVX-512) outran XLA's there. Never for
+    `mixed_float16` (its loss-scale optimizer merges across replicas) nor for several replicas
+    on one CPU (XLA cannot place a replica on a second logical CPU device)."""
+    if requested not in JIT_CHOICES:
+        raise ValueError(f"jit_compile must be one of {JIT_CHOICES}, got {requested!r}")
+    blocked = None
+    if precision == "mixed_float16":
+        blocked = "mixed_float16's loss-scale optimizer needs the graph step"
+    elif strategy == "mirrored" and replicas > 1 and not _gpu_capabilities():
+        blocked = "XLA cannot place replicas on several logical CPU devices"
+    if requested == "true":
+        if blocked:
+            raise ValueError(f"--jit_compile=true: {blocked}")
+        return True, "set explicitly"
+    if requested == "false":
+        return False, "set explicitly"
+    if blocked:
+        choice, why = False, blocked
+    elif strategy == "tpu":
+        choice, why = True, "TPUs run XLA programs"
+    elif _gpu_capabilities():
+        choice, why = True, "GPUs: one XLA program fuses the step's element-wise work"
+    elif onednn_enabled():
+        choice, why = False, "TensorFlow runs oneDNN, whose kernels ran the graph step faster"
+    else:
+        choice, why = True, "TensorFlow runs without oneDNN, and XLA's kernels ran the step faster"
+    logging.info("--jit_compile=auto chose %s: %s", choice, why)
+    return choice, why

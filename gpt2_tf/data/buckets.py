@@ -42,6 +42,15 @@ from gpt2_tf.data.records import (
 )
 
 STEP = 8  # bucket lengths: every multiple of this below seq_len, and seq_len
+# An XLA training step compiles one program per batch shape: there, batches are padded up to a
+# coarser grid of at most this many lengths (`compiled_width`). The plan stays the same.
+XLA_WIDTHS = 8
+
+
+def compiled_width(seq_len: int) -> int:
+    """The grid XLA batches are padded to: the multiple of 8 that makes at most `XLA_WIDTHS`
+    lengths up to seq_len (16 at seq_len 128: 16, 32, ..., 128)."""
+    return max(STEP, -(-seq_len // XLA_WIDTHS // STEP) * STEP)
 
 
 def bucket_lengths(seq_len: int, shortest: int = 0) -> list[int]:
@@ -143,10 +152,12 @@ class BucketSplit:
         }
         return x, self.labels[indices], np.ones(len(indices), np.float32)
 
-    def dataset(self, plan, split_into: int = 1) -> tf.data.Dataset:
+    def dataset(self, plan, split_into: int = 1, width: int = STEP) -> tf.data.Dataset:
         """The planned batches as `(x, y, w)`, in the plan's order, each cut into `split_into`
         equal consecutive parts (the micro-batches of one optimizer step). The length dimension
-        is left unknown, so one tf.function trace serves every bucket."""
+        is left unknown, so one tf.function trace serves every bucket. `width`: each batch is
+        padded up to a multiple of it (at most seq_len), which adds padding only (XLA steps pass
+        `compiled_width`, for fewer shapes)."""
         parts = []
         for length, indices in plan:
             part = len(indices) // split_into
@@ -180,6 +191,7 @@ class BucketSplit:
             ds = ds.concatenate(more)
 
         def crop(ids, lengths, length, labels):
+            length = tf.minimum(-(-length // width) * width, self.seq_len)
             mask = tf.range(length)[None, :] < lengths[:, None]
             x = {"token_ids": ids[:, :length], "padding_mask": tf.cast(mask, tf.int32)}
             return x, labels, tf.ones(tf.shape(labels), tf.float32)

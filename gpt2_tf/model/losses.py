@@ -37,3 +37,11 @@ def lm_target_sums(model, x, y, w, training=False):
             hidden, table, y[keep], w[keep], training=training, table_grad=table.trainable
         )
     return batch_sums(y[keep], model.logits(hidden), w[keep])
+
+
+def lm_position_sums(model, x, y, w, training=False):
+    """`lm_target_sums` with static shapes, as XLA compiles them: the head at every position,
+    those without loss weighted 0. The same sums, with the head's compute on every position."""
+    hidden = model.backbone(x, training=training)  # [B, T, E]
+    flat = tf.reshape(hidden, [-1, hidden.shape[-1]])  # [B*T, E]
+    return batch_sums(tf.reshape(y, [-1]), model.logits(flat), tf.reshape(w, [-1]))

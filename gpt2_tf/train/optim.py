@@ -71,6 +71,7 @@ class PreReducedAdamW(keras.optimizers.AdamW):
 
     _factor = None  # a scalar tensor while `apply_scaled` runs
     _previous = None  # the last variable's update op while `apply_scaled` runs
+    _chained = True  # each update after the last (graph); XLA orders its own buffers
 
     def _all_reduce_sum_gradients(self, grads_and_vars):
         return grads_and_vars
@@ -84,18 +85,34 @@ class PreReducedAdamW(keras.optimizers.AdamW):
         finally:
             self._factor, self._previous = None, None
 
+    def apply_local(self, grads, variables, factor):
+        """`apply_scaled` inside one replica's XLA program: each replica updates its own copy of
+        each variable, and of the step counter, with no cross-replica merge (which XLA cannot
+        compile). The copies stay equal: every replica applies the same summed gradients."""
+        learning_rate = self.learning_rate  # the schedule at this step, as `apply` reads it
+        self._factor, self._previous, self._chained = factor, None, False
+        try:
+            for grad, variable in zip(grads, variables):
+                self.update_step(grad, variable, learning_rate)
+        finally:
+            self._factor, self._previous, self._chained = None, None, True
+        counter = self.iterations.value  # this replica's copy, in a replica context
+        tf.raw_ops.AssignAddVariableOp(resource=counter.handle, value=tf.ones([], counter.dtype))
+
     def _apply_weight_decay(self, variables):
         pass  # folded into update_step, in the same order: decay, then the Adam step
 
     def update_step(self, gradient, variable, learning_rate):
         var = variable.value if isinstance(variable, keras.Variable) else variable
         if self._factor is not None:
-            # One variable at a time, each after the whole backward pass (the factor needs every
-            # gradient), so at most one scaled gradient and one decayed copy exist at once.
+            # The graph step: one variable at a time, each after the whole backward pass (the
+            # factor needs every gradient), so at most one scaled gradient and one decayed copy
+            # exist at once.
             # Unordered, the executor may make them all first, and a decay (which needs no
             # gradient) may run while the backward pass still reads its kernel, which makes the
             # update copy the variable.
-            with tf.control_dependencies([self._previous] if self._previous is not None else []):
+            after = [self._previous] if self._previous is not None and self._chained else []
+            with tf.control_dependencies(after):
                 gradient = gradient * tf.cast(self._factor, gradient.dtype)
         with tf.control_dependencies([gradient]):
             self._update(gradient, variable, var, learning_rate)

@@ -14,16 +14,15 @@ import math
 import os
 import shutil
 
-import keras
 import tensorflow as tf
 from absl import logging
 
 from gpt2_tf.core import run_folder
-from gpt2_tf.core.compat import loss_scale, seeded
-from gpt2_tf.core.hardware import resolve_precision
+from gpt2_tf.core.compat import seeded
+from gpt2_tf.core.hardware import JIT_CHOICES, resolve_jit_compile, resolve_precision
 from gpt2_tf.core.locking import FolderLock
 from gpt2_tf.core.reports import write_json
-from gpt2_tf.data.buckets import BucketSplit
+from gpt2_tf.data.buckets import STEP, BucketSplit, compiled_width
 from gpt2_tf.data.packing import PackedSplit
 from gpt2_tf.data.records import (
     CLASSIFIER,
@@ -34,13 +33,13 @@ from gpt2_tf.data.records import (
     split_prompts,
 )
 from gpt2_tf.evaluation import loop, metrics
-from gpt2_tf.model import losses
 from gpt2_tf.model.config import PRESETS, GPT2Config
 from gpt2_tf.model.gpt2 import GPT2Classifier, GPT2LanguageModel
 from gpt2_tf.model.lora import enable_lora, save_lora
 from gpt2_tf.train.distribute import configure_cpu_threads, get_strategy
 from gpt2_tf.train.monitor import Monitor
 from gpt2_tf.train.optim import make_optimizer
+from gpt2_tf.train.step import TrainStep
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")  # auto: see hardware.py
 
@@ -67,6 +66,9 @@ class TrainConfig:
     lora_targets: tuple[str, ...] = ("c_attn",)
     pooling: str = "last"  # classifier tasks
     precision: str = "auto"  # bfloat16 where the device has it natively, else float32
+    # the training step as one XLA program or as a graph (`train/step.py`); auto: what this
+    # device ran faster (`hardware.resolve_jit_compile`)
+    jit_compile: str = "auto"
     strategy: str = "auto"
     inter_op_threads: int = 0  # 0 = auto: 1 for a single replica on CPU (see distribute.py)
     eval_every: int = 0  # steps; 0 = at the end of each epoch
@@ -87,6 +89,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.jit_compile not in JIT_CHOICES:
+            raise ValueError(f"jit_compile must be one of {JIT_CHOICES}, got {self.jit_compile!r}")
         for name in ("batch_size", "grad_accum_steps", "epochs", "log_every", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -148,6 +152,8 @@ class Trainer:
         self.cfg = cfg = dataclasses.replace(cfg, precision=precision, data_dir=data_dir)
         self.strategy = get_strategy(cfg.strategy)
         self.replicas = self.strategy.num_replicas_in_sync
+        jit, _ = resolve_jit_compile(cfg.jit_compile, cfg.strategy, precision, self.replicas)
+        self.cfg = cfg = dataclasses.replace(cfg, jit_compile=str(jit).lower())
         self.micro_batch = cfg.batch_size // cfg.grad_accum_steps
         if self.micro_batch % self.replicas:
             raise ValueError(
@@ -212,7 +218,6 @@ class Trainer:
                 cfg.precision,
             )
             self.optimizer.build(self.model.trainable_variables)
-            self._loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
             self.state = {
                 k: tf.Variable(v, dtype=tf.float64, trainable=False)
                 for k, v in (
@@ -231,7 +236,15 @@ class Trainer:
             state=self.state,
         )
         self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir, max_to_keep=2)
-        self._train_step = self._make_train_step()
+        self.step = TrainStep(
+            self.model,
+            self.optimizer,
+            self.strategy,
+            is_lm=self.is_lm,
+            grad_accum_steps=cfg.grad_accum_steps,
+            clipnorm=cfg.clipnorm,
+            jit_compile=cfg.jit_compile == "true",
+        )
 
     def _take_folder(self, ckpt_dir: str) -> None:
         """Before anything is written: `--restart` clears the run's outputs; a resume must have
@@ -259,80 +272,6 @@ class Trainer:
 
     def _state(self, name: str) -> float:
         return float(self.state[name].numpy())  # .numpy(): also a MirroredVariable's value
-
-    # ---- the step -------------------------------------------------------------------------
-    def _forward_sums(self, x, y, w, training):
-        """(NLL sum, weight sum, correct sum). LM tasks run the [*, vocab] head only where the
-        loss is taken: the same loss, without logits for prompt and padding positions."""
-        if not self.is_lm:
-            return losses.batch_sums(y, self.model(x, training=training), w)
-        return losses.lm_target_sums(self.model, x, y, w, training=training)
-
-    def _micro(self, batch, acc=None):
-        x, y, w = batch
-        with tf.GradientTape() as tape:
-            nll, count, correct = self._forward_sums(x, y, w, training=True)
-            loss, per_micro = nll, None
-            if self._loss_scaled:
-                # float16: the dynamic scale multiplies the *mean* loss, as Keras and PyTorch size
-                # it. On the summed loss the effective scale was tokens x 2^15, and most early
-                # steps overflowed and were skipped. Gradients go back to sums below.
-                per_micro = tf.stop_gradient(tf.maximum(count, 1.0))
-                loss = self.optimizer.scale_loss(nll / per_micro)
-        grads = tape.gradient(loss, self.model.trainable_variables)
-        # Embedding lookups give IndexedSlices; the tied wte gets a dense head gradient anyway.
-        grads = [tf.convert_to_tensor(g) for g in grads]
-        if per_micro is not None:
-            grads = [g * per_micro for g in grads]
-        mask = tf.cast(x["padding_mask"], tf.float32)  # real tokens, of the positions computed
-        sums = [nll, count, correct, tf.reduce_sum(mask), tf.cast(tf.size(mask), tf.float32)]
-        if acc is None:
-            return grads, sums
-        return [a + g for a, g in zip(acc[0], grads)], [a + s for a, s in zip(acc[1], sums)]
-
-    def _apply(self, grads, sums):
-        ctx = tf.distribute.get_replica_context()
-        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        nll, count, correct, tokens, positions = ctx.all_reduce(tf.distribute.ReduceOp.SUM, sums)
-        # Mean over the target tokens (examples) of the whole global batch, then clipping: one
-        # factor, applied inside each variable's update where the optimizer allows it.
-        scale = tf.cast(loss_scale(self.optimizer), tf.float32)
-        per_token = 1.0 / tf.maximum(count, 1.0)
-        norm = tf.linalg.global_norm(grads) * per_token / scale
-        factor = per_token
-        if self.cfg.clipnorm > 0:
-            factor *= tf.minimum(1.0, self.cfg.clipnorm / tf.maximum(norm, 1e-30))
-        # Read before the update, which advances the schedule: the rate this update uses.
-        learning_rate = tf.identity(self.optimizer.learning_rate)
-        if hasattr(self.optimizer, "apply_scaled"):
-            self.optimizer.apply_scaled(grads, self.model.trainable_variables, factor)
-        else:  # the loss-scale wrapper (float16) unscales and checks the gradients itself
-            grads = [g * factor for g in grads]
-            self.optimizer.apply(grads, self.model.trainable_variables)
-        # The wrapper halves its scale exactly when it skips an update (non-finite gradients).
-        skipped = tf.zeros([])
-        if self._loss_scaled:
-            skipped = tf.cast(loss_scale(self.optimizer) < scale, tf.float32)
-        return {
-            "loss": nll / tf.maximum(count, 1.0),
-            "grad_norm": norm,
-            "accuracy": correct / tf.maximum(count, 1.0),
-            "tokens": tokens,
-            "positions": positions,
-            "learning_rate": learning_rate,
-            "skipped": skipped,
-        }
-
-    def _make_train_step(self):
-        @tf.function
-        def train_step(iterator):
-            acc = self.strategy.run(self._micro, args=(next(iterator),))
-            for _ in range(self.cfg.grad_accum_steps - 1):
-                acc = self.strategy.run(self._micro, args=(next(iterator), acc))
-            out = self.strategy.run(self._apply, args=acc)
-            return {k: self.strategy.reduce("mean", v, axis=None) for k, v in out.items()}
-
-        return train_step
 
     # ---- data -----------------------------------------------------------------------------
     def _plan(self, epoch: int) -> list:
@@ -376,7 +315,9 @@ class Trainer:
             ds = tf.data.Dataset.from_tensor_slices(packed.rows(self._plan(epoch)))
             ds = ds.batch(self.micro_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
         elif self.bucketing:
-            ds = self._buckets["train"].dataset(self._plan(epoch), self.cfg.grad_accum_steps)
+            buckets = self._buckets["train"]
+            width = compiled_width(buckets.seq_len) if self.cfg.jit_compile == "true" else STEP
+            ds = buckets.dataset(self._plan(epoch), self.cfg.grad_accum_steps, width)
         else:
             with seeded(self.cfg.seed):
                 ds = load_tfrecords(
@@ -511,7 +452,7 @@ class Trainer:
         # Real tokens and computed positions since the last log line: the padding share.
         self._window[0] += float(out["tokens"])
         self._window[1] += float(out["positions"])
-        if self._loss_scaled and float(out["skipped"]):
+        if self.step.loss_scaled and float(out["skipped"]):
             self.state["skipped_steps"].assign_add(1)
             logging.warning(
                 "step %d: non-finite gradients under mixed_float16; update skipped "
@@ -560,7 +501,7 @@ class Trainer:
             epoch, offset = self.locate(step)
             iterator = iter(self._epoch_dataset(epoch, offset))
             for _ in range(offset, self.epoch_steps(epoch)):
-                out = self._train_step(iterator)
+                out = self.step(iterator)
                 step += 1
                 row = _prefixed(self._after_step(step, out), "train_")
                 if self._eval_due(step):
