@@ -27,9 +27,13 @@ def _fmt(x, digits=1):
     return "—" if x is None else f"{x:,.{digits}f}"
 
 
+EMULATED = ", AVX2-only CPU (emulated)"  # rows run under benchmarks/avx2_only
+
+
 def _setting(row) -> str:
     if row["group"] == "train":
-        return f"{'LoRA r8' if row['lora'] else 'full'}, {row['variant']}"
+        where = EMULATED if row["args"].get("emulate") else ""
+        return f"{'LoRA r8' if row['lora'] else 'full'}, {row['variant']}{where}"
     if row["group"] == "generate":
         return f"batch {row['variant']}"
     if row["group"] == "tokenize":
@@ -59,7 +63,9 @@ def _bound_fraction(row, value, params, rate, setting):
 
 def markdown(report: dict, params: int | None) -> str:
     m = report["machine"]
-    rate = next((r["result"] for r in report["rows"] if r["group"] == "matmul"), {})
+    matmul = [r for r in report["rows"] if r["group"] == "matmul"]
+    rate = next((r["result"] for r in matmul if not r["args"].get("emulate")), {})
+    rate_avx2 = next((r["result"] for r in matmul if r["args"].get("emulate")), {})
     lines = [
         f"# gpt2_tf benchmark{' (quick)' if report['quick'] else ''}",
         "",
@@ -80,6 +86,16 @@ def markdown(report: dict, params: int | None) -> str:
             else ""
         ),
         "",
+        *(
+            [
+                f"The same, AVX2-only CPU (emulated: no AVX-512, AMX or AVX-VNNI; TensorFlow "
+                f"turns oneDNN off): float32 {_fmt(rate_avx2.get('float32', 0) / 1e9)} "
+                f'GFLOP/s. Its rows ("{EMULATED[2:]}") are bounded by this rate.',
+                "",
+            ]
+            if rate_avx2.get("float32")
+            else []
+        ),
         "Bounds for GPT-2 124M: training at most matmul rate / (6 x parameters) tokens/s "
         "(full) or / (4 x parameters) (LoRA); greedy decoding at most bandwidth / "
         "(4 bytes x parameters) steps/s.",
@@ -105,7 +121,8 @@ def markdown(report: dict, params: int | None) -> str:
                     group == "tokenize" and r["variant"].startswith("gpt2_tf")
                 )
                 ratio = _fmt(value / best_other, 2) + "x" if ours and value and best_other else ""
-                bound = _bound_fraction(r, value, params, rate, setting)
+                own_rate = rate_avx2 if r["args"].get("emulate") else rate
+                bound = _bound_fraction(r, value, params, own_rate, setting)
                 frac = "" if bound is None else _fmt(bound, 1)
                 name = NAMES.get(r["case"], "gpt2_tf" if group == "prep" else r["variant"])
                 if value:

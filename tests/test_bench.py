@@ -20,3 +20,36 @@ def test_the_quick_benchmark_cases_run(group):
         result = bench.run_case(case, dict(args, warmup=0, reps=1))
         assert "error" not in result, f"{case}: {result['error']}"
     assert len(seen) == 3, seen  # gpt2_tf, Hugging Face and keras-hub
+
+
+def test_the_avx2_emulation_hides_the_wider_instructions_from_every_library():
+    """Under benchmarks/avx2_only a process sees no AVX-512 or AMX: PyTorch picks its AVX2
+    kernels and TensorFlow turns oneDNN off by itself, as on an AVX2-only AMD EPYC."""
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks import avx2_only
+
+    why = avx2_only.unavailable()
+    if why:
+        pytest.skip(f"AVX2 emulation: {why}")
+    probe = (
+        "import torch\n"
+        "from gpt2_tf.core.hardware import onednn_enabled\n"
+        "print(torch.backends.cpu.get_cpu_capability(), onednn_enabled())"
+    )
+    env = {**os.environ, **avx2_only.env(), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("TF_ENABLE_ONEDNN_OPTS", None)
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["AVX2", "False"]
+    native = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert native.stdout.strip() != "AVX2"  # the emulation, not the machine, took them away
