@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install test lint format demo bench app clean score-chat weight-diff analyze-dictionary staged-text
+.PHONY: install test lint format demo bench gpu-check app clean score-chat weight-diff analyze-dictionary staged-text
 # prep-<task>, train-<task>, test-<task>, export-<task>, eval-<task> are pattern rules below
 # (make skips those for .PHONY names): <task> is a task's alias or name, resolved by the runner
 # (python -m pipelines <verb> <task>), so a new task (one file in gpt2_tf/data/tasks/) needs
@@ -129,3 +129,11 @@ eval-%: $(STAMP)
 # runs/text_tuning_staged)/stage{k}, evaluating after each; results in RUN/eval.
 staged-text: $(STAMP)
 	$(BIN)/python -m pipelines staged text $(TRAIN_FLAGS) $(STAGED_ARGS)
+
+# ---- make gpu-check: the tests, a mirrored run, 124M throughput and MFU, generation and an
+# export on this machine's GPUs, as one table (benchmarks/gpu_check.py; under 10 minutes).
+# TensorFlow's CUDA libraries come with the gpu extra, installed where nvidia-smi exists; with
+# no GPU visible it says so and exits 0.
+gpu-check: $(STAMP)
+	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/python -m pip install --quiet -e '.[gpu]'; fi
+	$(BIN)/python -m benchmarks.gpu_check $(GPU_CHECK_ARGS)

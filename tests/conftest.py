@@ -160,3 +160,14 @@ def lm_dir(dolly_dir, tmp_path_factory):
 def classifier_dir(emotion_dir, tmp_path_factory):
     """runs/<task>/final of a tiny emotion classifier."""
     return train_tiny(emotion_dir, tmp_path_factory.mktemp("classifier_run"))
+
+
+def pytest_configure(config):
+    """On a GPU (make gpu-check): float32 products in float32, not TF32, and deterministic
+    kernels, so the exact comparisons (1e-5, identical resumed weights) mean what they do on a
+    CPU. Nothing changes on a CPU."""
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+        tf.config.experimental.enable_op_determinism()
