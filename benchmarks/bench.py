@@ -24,13 +24,17 @@ from benchmarks import avx2_only
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 PARAMS_124M = 124_439_808  # GPT-2 124M with the tied head
+# The environment as the user gave it, before gpt2_tf is imported here (it may turn TensorFlow's
+# oneDNN on, `hardware.prefer_onednn`): each case starts from it, so keras-hub runs with
+# TensorFlow's own default, as its users get it, and gpt2_tf's cases make their own choice.
+ENVIRONMENT = dict(os.environ)
 
 
 def run_case(name: str, args: dict, timeout: int = 300) -> dict:
     """One case in its own process. A case over `timeout` seconds (the longest took 68 s on the
     Intel machine of issue 7) is stopped and reported, so the run stays under 15 minutes."""
     start = time.monotonic()
-    env = dict(os.environ)
+    env = dict(ENVIRONMENT)
     if args.get("emulate") == "avx2":  # the AVX2-only CPU (benchmarks/avx2_only)
         env.update(avx2_only.env())
     try:

@@ -11,6 +11,11 @@ os.environ.setdefault(
 
 __version__ = "0.1.0"
 
+# Before TensorFlow loads: its oneDNN kernels on every x86-64 CPU with AVX2 (see hardware.py).
+from gpt2_tf.core.hardware import prefer_onednn  # noqa: E402
+
+prefer_onednn()
+
 from gpt2_tf.model.config import GPT2Config  # noqa: E402
 from gpt2_tf.model.gpt2 import GPT2Backbone, GPT2Classifier, GPT2LanguageModel  # noqa: E402
 from gpt2_tf.model.lora import enable_lora, load_lora, merge_lora, save_lora  # noqa: E402

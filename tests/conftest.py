@@ -9,6 +9,8 @@ import os
 
 import pytest
 
+import gpt2_tf  # noqa: F401  (first: it sets TensorFlow's oneDNN choice before TensorFlow loads)
+
 SHARED = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 VOCAB_DIR = os.path.join(SHARED, "gpt2_tokenizer")
 

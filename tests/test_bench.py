@@ -34,13 +34,14 @@ def test_the_avx2_emulation_hides_the_wider_instructions_from_every_library():
     why = avx2_only.unavailable()
     if why:
         pytest.skip(f"AVX2 emulation: {why}")
-    probe = (
-        "import torch\n"
+    probe = (  # TensorFlow first: its own choice, before gpt2_tf's (hardware.prefer_onednn)
+        "import torch, tensorflow\n"
         "from gpt2_tf.core.hardware import onednn_enabled\n"
         "print(torch.backends.cpu.get_cpu_capability(), onednn_enabled())"
     )
-    env = {**os.environ, **avx2_only.env(), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env.pop("TF_ENABLE_ONEDNN_OPTS", None)
+    unset = ("LD_PRELOAD", "TF_ENABLE_ONEDNN_OPTS")
+    plain = {k: v for k, v in os.environ.items() if k not in unset}
+    env = {**plain, **avx2_only.env(), "TF_CPP_MIN_LOG_LEVEL": "3"}
     out = subprocess.run(
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300
     )
@@ -48,6 +49,7 @@ def test_the_avx2_emulation_hides_the_wider_instructions_from_every_library():
     assert out.stdout.split()[-2:] == ["AVX2", "False"]
     native = subprocess.run(
         [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+        env=plain,
         capture_output=True,
         text=True,
         timeout=300,

@@ -100,3 +100,35 @@ def test_train_py_writes_the_resolved_precision_to_flags_txt(dolly_dir, tmp_path
     assert f"--precision=auto chose {want}" in out.stderr
     lines = (tmp_path / "flags.txt").read_text().splitlines()
     assert f"--precision={want}" in lines
+
+
+def _in_a_fresh_process(code: str, env: dict) -> list[str]:
+    full = {**os.environ, **env, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    full.pop("TF_ENABLE_ONEDNN_OPTS", None)
+    full.update({k: v for k, v in env.items() if k == "TF_ENABLE_ONEDNN_OPTS"})
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=full, cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.split()
+
+
+def test_gpt2_tf_turns_onednn_on_for_an_avx2_only_cpu():
+    """On an AVX2-only CPU (emulated) TensorFlow alone leaves oneDNN off; imported first, gpt2_tf
+    turns it on, and training then takes the graph step. A user's TF_ENABLE_ONEDNN_OPTS=0
+    stands, and the step is then the XLA one; TensorFlow loaded first keeps its default."""
+    from benchmarks import avx2_only
+
+    why = avx2_only.unavailable()
+    if why:
+        pytest.skip(f"AVX2 emulation: {why}")
+    env = avx2_only.env()
+    probe = (
+        "from gpt2_tf.core import hardware as h; "
+        "print(h.onednn_enabled(), h.resolve_jit_compile('auto')[0])"
+    )
+    assert _in_a_fresh_process(probe, env) == ["True", "False"]
+    off = {**env, "TF_ENABLE_ONEDNN_OPTS": "0"}
+    assert _in_a_fresh_process(probe, off) == ["False", "True"]
+    late = "import tensorflow; " + probe
+    assert _in_a_fresh_process(late, env) == ["False", "True"]

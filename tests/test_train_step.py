@@ -20,7 +20,11 @@ def _run(data_dir, out, **kw):
     return trainer, result
 
 
-def _assert_same_training(data_dir, tmp_path, atol=2e-5, **kw):
+def _assert_same_training(data_dir, tmp_path, atol=5e-5, **kw):
+    """The two steps sum in different orders (oneDNN's kernels against XLA's): their gradients
+    differ in the last bits, and Adam, which divides by each gradient's own scale, carries that
+    into an update of up to a few 1e-5 on weights whose gradient is near zero (seen: 2.4e-5 of
+    8,192 weights after 3 steps, on an AVX2-only CPU with oneDNN). The losses agree to 1e-5."""
     graph, graph_result = _run(data_dir, tmp_path / "graph", jit_compile="false", **kw)
     xla, xla_result = _run(data_dir, tmp_path / "xla", jit_compile="true", **kw)
     assert graph.step.jit_compile is False and xla.step.jit_compile is True

@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include <asm/prctl.h>
 #include <cpuid.h>
+#include <dlfcn.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -66,11 +67,28 @@ static void on_segv(int sig, siginfo_t *info, void *data) {
   }
 }
 
+typedef int (*sigaction_fn)(int, const struct sigaction *, struct sigaction *);
+
+static sigaction_fn real_sigaction(void) {
+  static sigaction_fn real;
+  if (!real) real = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
+  return real;
+}
+
+/* A SIGSEGV handler installed later (Python's faulthandler, pytest, absl) becomes the one real
+ * faults go to, while CPUID traps still come here first. */
+int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
+  if (sig != SIGSEGV) return real_sigaction()(sig, act, old);
+  if (old) *old = previous;
+  if (act) previous = *act;
+  return 0;
+}
+
 __attribute__((constructor)) static void start(void) {
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_sigaction = on_segv;
   sa.sa_flags = SA_SIGINFO | SA_NODEFER;
-  sigaction(SIGSEGV, &sa, &previous);
+  real_sigaction()(SIGSEGV, &sa, &previous);
   syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0); /* inherited by the threads started later */
 }
