@@ -39,7 +39,10 @@ def _assert_same_training(data_dir, tmp_path, atol=5e-5, **kw):
 
 
 @pytest.mark.slow
-def test_xla_step_equals_graph_step_on_packed_dolly_rows(dolly_dir, tmp_path):
+@pytest.mark.parametrize("path", ["speed", "plain"])
+def test_xla_step_equals_graph_step_on_packed_dolly_rows(dolly_dir, tmp_path, monkeypatch, path):
+    """Both model paths (`GPT2_TF_PLAIN`), each under both steps."""
+    monkeypatch.setenv("GPT2_TF_PLAIN", "1" if path == "plain" else "0")
     graph, xla = _assert_same_training(dolly_dir, tmp_path, max_steps=3, log_every=1)
     assert xla.packing and graph.packing
 
