@@ -419,11 +419,14 @@ def prep(a: dict) -> dict:
 def matmul(a: dict) -> dict:
     """The machine's limits, in TensorFlow: dense matrix-multiply rate (FLOP/s) in float32 and
     bfloat16, and memory bandwidth (bytes/s read by a sum over 500 MB, the size of GPT-2 124M's
-    float32 weights, which decoding at batch 1 reads once per token)."""
+    float32 weights, which decoding at batch 1 reads once per token). With TensorFlow as gpt2_tf
+    sets it up (oneDNN on x86-64 with AVX2, `hardware.prefer_onednn`): the rate its training
+    runs at."""
+    __import__("gpt2_tf")  # before TensorFlow, so that its oneDNN choice applies
     import tensorflow as tf
 
     n, out = a["n"], {"n": a["n"]}
-    for dtype in ("float32", "bfloat16"):
+    for dtype in a.get("dtypes", ("float32", "bfloat16")):
         x = tf.cast(tf.random.normal([n, n], dtype=tf.float32), dtype)
         fn = tf.function(lambda x=x: tf.reduce_sum(tf.cast(tf.matmul(x, x)[:1, :1], tf.float32)))
         seconds = timed(lambda fn=fn: float(fn()), 2, a["reps"])

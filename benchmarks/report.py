@@ -61,6 +61,14 @@ def _bound_fraction(row, value, params, rate, setting):
     return 100 * value * fpt / peak if fpt and peak and row["group"] == "train" else None
 
 
+def _emulation(matmul: list[dict]) -> str:
+    """How the AVX2-only rows were emulated (benchmarks/avx2_only.method)."""
+    how = next((r["args"].get("emulation") for r in matmul if r["args"].get("emulate")), None)
+    return {
+        "isa caps": "each library's instruction-set cap (oneDNN, PyTorch, MKL, XLA)",
+    }.get(how, "CPUID faulting")
+
+
 def markdown(report: dict, params: int | None) -> str:
     m = report["machine"]
     matmul = [r for r in report["rows"] if r["group"] == "matmul"]
@@ -76,21 +84,28 @@ def markdown(report: dict, params: int | None) -> str:
             f"{k} {v}" for k, v in m.items() if k not in ("cpu", "cores", "python", "cpu_features")
         ),
         "",
-        f"Matrix multiply (TensorFlow, {rate.get('n', 2048)}²): "
-        f"float32 {_fmt(rate.get('float32', 0) / 1e9)} GFLOP/s, "
-        f"bfloat16 {_fmt(rate.get('bfloat16', 0) / 1e9)} GFLOP/s. "
-        f"Memory bandwidth (sum over 500 MB): {_fmt(rate.get('bandwidth', 0) / 1e9)} GB/s."
-        + (
-            " Each is the higher of a run before and a run after the cases."
-            if rate.get("runs")
-            else ""
-        ),
-        "",
         *(
             [
-                f"The same, AVX2-only CPU (emulated: no AVX-512, AMX or AVX-VNNI; TensorFlow "
-                f"turns oneDNN off): float32 {_fmt(rate_avx2.get('float32', 0) / 1e9)} "
-                f'GFLOP/s. Its rows ("{EMULATED[2:]}") are bounded by this rate.',
+                f"Matrix multiply (TensorFlow, {rate.get('n', 2048)}²): "
+                f"float32 {_fmt(rate.get('float32', 0) / 1e9)} GFLOP/s, "
+                f"bfloat16 {_fmt(rate.get('bfloat16', 0) / 1e9)} GFLOP/s. "
+                f"Memory bandwidth (sum over 500 MB): {_fmt(rate.get('bandwidth', 0) / 1e9)} GB/s."
+                + (
+                    " Each is the higher of a run before and a run after the cases."
+                    if rate.get("runs")
+                    else ""
+                ),
+                "",
+            ]
+            if rate.get("float32")
+            else []
+        ),
+        *(
+            [
+                f"The same, AVX2-only CPU (emulated by {_emulation(matmul)}: no AVX-512, AMX "
+                f"or AVX-VNNI; TensorFlow alone would leave oneDNN off there, keras-hub runs so, "
+                f"and gpt2_tf turns it on): float32 {_fmt(rate_avx2.get('float32', 0) / 1e9)} "
+                f'GFLOP/s with oneDNN. Its rows ("{EMULATED[2:]}") are bounded by this rate.',
                 "",
             ]
             if rate_avx2.get("float32")

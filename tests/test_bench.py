@@ -24,7 +24,8 @@ def test_the_quick_benchmark_cases_run(group):
 
 def test_the_avx2_emulation_hides_the_wider_instructions_from_every_library():
     """Under benchmarks/avx2_only a process sees no AVX-512 or AMX: PyTorch picks its AVX2
-    kernels and TensorFlow turns oneDNN off by itself, as on an AVX2-only AMD EPYC."""
+    kernels, TensorFlow alone runs without oneDNN, as on an AVX2-only AMD EPYC, and oneDNN's
+    kernels in a gpt2_tf process are its AVX2 ones (by either method of the emulation)."""
     import os
     import subprocess
     import sys
@@ -41,12 +42,26 @@ def test_the_avx2_emulation_hides_the_wider_instructions_from_every_library():
     )
     unset = ("LD_PRELOAD", "TF_ENABLE_ONEDNN_OPTS")
     plain = {k: v for k, v in os.environ.items() if k not in unset}
-    env = {**plain, **avx2_only.env(), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    keras_hub = avx2_only.env(tensorflow_default=True, base=plain)
+    env = {**plain, **keras_hub, "TF_CPP_MIN_LOG_LEVEL": "3"}
     out = subprocess.run(
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-2:] == ["AVX2", "False"]
+    ours = (  # oneDNN names the instruction set it dispatches to when it makes its first kernel
+        "import gpt2_tf, tensorflow as tf\n"
+        "print(gpt2_tf.core.hardware.onednn_enabled())\n"
+        "tf.matmul(tf.ones([64, 64]), tf.ones([64, 64])).numpy()"
+    )
+    env = {**plain, **avx2_only.env(base=plain), "TF_CPP_MIN_LOG_LEVEL": "3", "ONEDNN_VERBOSE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", ours], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines()[0] == "True"
+    isa = [x for x in out.stdout.splitlines() if ",isa:" in x]
+    assert isa and "AVX2" in isa[0] and "512" not in isa[0], isa
     native = subprocess.run(
         [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
         env=plain,

@@ -122,7 +122,8 @@ def test_gpt2_tf_turns_onednn_on_for_an_avx2_only_cpu():
     why = avx2_only.unavailable()
     if why:
         pytest.skip(f"AVX2 emulation: {why}")
-    env = avx2_only.env()
+    clean = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    env = avx2_only.env(base=clean)
     probe = (
         "from gpt2_tf.core import hardware as h; "
         "print(h.onednn_enabled(), h.resolve_jit_compile('auto')[0])"
@@ -130,5 +131,8 @@ def test_gpt2_tf_turns_onednn_on_for_an_avx2_only_cpu():
     assert _in_a_fresh_process(probe, env) == ["True", "False"]
     off = {**env, "TF_ENABLE_ONEDNN_OPTS": "0"}
     assert _in_a_fresh_process(probe, off) == ["False", "True"]
-    late = "import tensorflow; " + probe
-    assert _in_a_fresh_process(late, env) == ["False", "True"]
+    if avx2_only.method() == avx2_only.CPUID:  # TensorFlow's own choice from what CPUID shows
+        late = "import tensorflow; " + probe
+        assert _in_a_fresh_process(late, env) == ["False", "True"]
+    else:
+        print("TensorFlow's own oneDNN choice on an AVX2-only CPU not checked: CPUID is not masked")
