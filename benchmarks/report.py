@@ -5,6 +5,8 @@ step, for the whole batch)."""
 
 from __future__ import annotations
 
+from benchmarks import avx2_only
+
 OURS = ("train_ours", "generate_ours", "generate_saved_model")
 METRIC = {
     "train": "tokens_per_second",
@@ -64,9 +66,9 @@ def _bound_fraction(row, value, params, rate, setting):
 def _emulation(matmul: list[dict]) -> str:
     """How the AVX2-only rows were emulated (benchmarks/avx2_only.method)."""
     how = next((r["args"].get("emulation") for r in matmul if r["args"].get("emulate")), None)
-    return {
-        "isa caps": "each library's instruction-set cap (oneDNN, PyTorch, MKL, XLA)",
-    }.get(how, "CPUID faulting")
+    if how == avx2_only.CAPS:
+        return "each library's instruction-set cap (oneDNN, PyTorch, MKL, XLA)"
+    return "CPUID faulting"
 
 
 def markdown(report: dict, params: int | None) -> str:

@@ -20,6 +20,7 @@ oneDNN's capped rate was 202).
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import shutil
@@ -31,6 +32,7 @@ BUILD = os.path.join(HERE, "build")
 WIDER = ("avx512f", "amx_tile", "avx_vnni")  # what the emulation takes away
 
 
+@functools.cache
 def _flags() -> set[str]:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
