@@ -224,3 +224,44 @@ def test_compiled_helpers_neither_keep_a_model_alive_nor_miss_the_speed_switch(m
     del model, helpers
     gc.collect()
     assert ref() is None, "a compiled helper kept the model alive"
+
+
+@pytest.mark.parametrize("prompts", [PROMPTS[:1], PROMPTS], ids=["one_row", "three_rows"])
+def test_xla_decoding_gives_the_graph_tokens(pair, monkeypatch, prompts):
+    """Greedy, the XLA decoding loop (plain layers inside XLA) gives the graph loop's tokens
+    (speed kernels, and plain) and follows a later change of the weights. Sampled under XLA, a
+    seed reproduces its own tokens (XLA's random kernels are not TensorFlow's: "auto" samples in
+    graph)."""
+    _, model = pair
+    xla, graph = Generator(model, jit_compile=True), Generator(model, jit_compile=False)
+    want = graph(prompts, 12)
+    assert xla(prompts, 12) == want
+    monkeypatch.setenv("GPT2_TF_PLAIN", "1")
+    assert graph(prompts, 12) == want
+    monkeypatch.delenv("GPT2_TF_PLAIN")
+    sampled = [xla(prompts, 12, sampler="top_p", top_p=0.8, seed=s) for s in (3, 3, 4)]
+    assert sampled[0] == sampled[1] != sampled[2]
+    # A random model repeats its last token (h is near that token's own embedding); the final
+    # LayerNorm's scale negated turns every logit around.
+    gamma = model.backbone.ln_f.gamma
+    before = gamma.numpy()
+    try:  # new weights, same variables: no new trace
+        gamma.assign(-before)
+        assert xla(prompts, 12) == graph(prompts, 12) != want
+    finally:
+        gamma.assign(before)
+
+
+def test_auto_decodes_one_greedy_row_under_xla_on_a_cpu(pair):
+    from gpt2_tf.core import hardware
+
+    _, model = pair
+    if hardware._gpu_capabilities():
+        pytest.skip("a GPU is visible: auto decodes greedy rows under XLA at every batch size")
+    auto = Generator(model)
+    assert auto.uses_xla(1) and not auto.uses_xla(2) and not auto.uses_xla(8)
+    assert not auto.uses_xla(1, greedy=False)
+    assert not Generator(model, jit_compile=False).uses_xla(1)
+    assert Generator(model, jit_compile=True).uses_xla(8, greedy=False)
+    with pytest.raises(ValueError, match="jit_compile must be"):
+        Generator(model, jit_compile="yes")

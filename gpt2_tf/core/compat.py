@@ -16,6 +16,17 @@ import random
 import numpy as np
 
 
+def in_xla_context() -> bool:
+    """Whether the op being built goes into an XLA program (a `tf.function(jit_compile=True)`,
+    its loops included). TensorFlow's private `control_flow_util.GraphOrParentsInXlaContext`:
+    the decoding speed kernels use TensorFlow ops that XLA cannot compile, and XLA does their
+    work (in-place cache writes) itself."""
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
 def kernel_variable(dense):
     """`Dense._kernel`: the stored kernel variable; with LoRA on, `Dense.kernel` is the merged
     W + A·B view, and merging, saving and the speed path need the variable itself."""

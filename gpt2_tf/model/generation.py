@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from gpt2_tf.core import hardware
 from gpt2_tf.core.compiled import ModelFunction, for_model
 from gpt2_tf.model import speed
 
@@ -179,8 +180,14 @@ def sampler_settings(sampler: str, temperature: float, top_k: int, top_p: float)
 class Generator:
     """Compiled generation for one model; reuse it so traces are reused too."""
 
-    def __init__(self, model, jit_compile: bool = False):
+    def __init__(self, model, jit_compile: bool | str = "auto"):
+        """`jit_compile`: True runs each decoding loop as one XLA program, False as a TensorFlow
+        graph; "auto" chooses per batch bucket (`hardware.resolve_decode_jit`). Both give the
+        same tokens (`tests/test_generation.py`)."""
         self._model = weakref.ref(model)  # held weakly: see compiled.for_model
+        if jit_compile not in (True, False, "auto"):
+            raise ValueError(f"jit_compile must be True, False or 'auto', got {jit_compile!r}")
+        self.jit_compile = jit_compile
 
         def fn(ids, mask, max_new, extra, temperature, top_k, top_p, seed, stop_ids):
             return decode(
@@ -188,7 +195,18 @@ class Generator:
             )
 
         # Traced again when LoRA, a merge, a dtype or the speed switch changes after a first call.
-        self._fn = ModelFunction(model, fn, also=(speed.enabled,), jit_compile=jit_compile)
+        self._fns = {
+            jit: ModelFunction(model, fn, also=(speed.enabled,), jit_compile=jit)
+            for jit in (False, True)
+        }
+
+    def uses_xla(self, rows: int, greedy: bool = True) -> bool:
+        """Whether a call with `rows` prompts decodes under XLA. "auto" keeps sampling in graph:
+        XLA's stateless random kernels draw other numbers than TensorFlow's for the same seed,
+        and a seed should give the library's tokens in the exported SavedModel (a graph) too."""
+        if self.jit_compile != "auto":
+            return self.jit_compile
+        return greedy and hardware.resolve_decode_jit(_batch_bucket(rows))[0]
 
     @property
     def model(self):
@@ -197,7 +215,7 @@ class Generator:
     @property
     def traces(self) -> int:
         """Python traces so far (tests check that similar sizes reuse one)."""
-        return self._fn.traces
+        return sum(f.traces for f in self._fns.values())
 
     def __call__(
         self,
@@ -238,7 +256,8 @@ class Generator:
         mask = tf.constant([[0] * (p - len(x)) + [1] * len(x) for x in rows], tf.int32)
         stops = tf.constant(list(stop_token_ids), tf.int32, shape=[len(stop_token_ids)])
         # The loop bound is a tensor (no retrace); the cache size `n` is the bucket (static).
-        new, lengths = self._fn(
+        greedy = settings[0] <= 0
+        new, lengths = self._fns[self.uses_xla(len(prompts), greedy)](
             ids,
             mask,
             tf.constant(max_new_tokens, tf.int32),

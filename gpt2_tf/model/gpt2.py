@@ -143,7 +143,7 @@ class GPT2Backbone(_Pretrained):
     # The speed path (`speed.decoding`) has the same methods' results through its own kernels.
     def init_cache(self, batch_size: int, max_length: int):
         """Per layer a (keys, values) pair of [B, H, S, D] buffers, zeroed."""
-        if speed.enabled():
+        if decoding.applies():
             return decoding.init_cache(self, batch_size, max_length)
         c = self.config
         shape = tf.stack([batch_size, c.n_head, max_length, c.head_dim])
@@ -154,7 +154,7 @@ class GPT2Backbone(_Pretrained):
     def decoding_kernels(self):
         """What `call_with_cache` needs made once per decoding call, outside the loop: the speed
         path's transposed kernels, nothing for the plain one."""
-        return decoding.kernels(self) if speed.enabled() else None
+        return decoding.kernels(self) if decoding.applies() else None
 
     def call_with_cache(self, token_ids, padding_mask, cache, index, kernels=None):
         """Runs `token_ids` [B, t] as cache slots index..index+t-1 -> (hidden [B, t, E], cache).
@@ -167,7 +167,7 @@ class GPT2Backbone(_Pretrained):
         positions = ops.slice(positions_from_mask(padding_mask), (0, index), (b, t))
         x = self.embed(token_ids, positions)  # [B, t, E]
         mask = attention_mask(padding_mask, t, s, query_offset=index)
-        if speed.enabled():
+        if decoding.applies():
             return decoding.call_with_cache(self, x, mask, cache, index, kernels)
         new_cache = []
         for block, layer_cache in zip(self.blocks, cache):

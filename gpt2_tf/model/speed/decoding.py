@@ -4,6 +4,10 @@ rows, with the same results as the plain layers' (figures in `speed/__init__.py`
 Each Dense kernel is transposed once per decoding call (`kernels`), and a product is
 (kernel_t @ x^T)^T, oneDNN's fast case for few rows. Activations stay 2-D ([B * t, E]: one MatMul
 each, not a tensordot's dozen ops), and the cache is written in place (`_write_rows`).
+
+These kernels are for TensorFlow's graph executor. Inside an XLA program (`Generator` with
+`jit_compile`) the plain layers run instead: XLA writes the cache in place and lays out the
+products itself, and the speed kernels' `InplaceUpdate` has no XLA form.
 """
 
 from __future__ import annotations
@@ -11,7 +15,14 @@ from __future__ import annotations
 import tensorflow as tf
 from keras import ops
 
+from gpt2_tf.core.compat import in_xla_context
+from gpt2_tf.model import speed
 from gpt2_tf.model.speed.gradients import gelu
+
+
+def applies() -> bool:
+    """Whether decoding runs these kernels: the speed path on, outside XLA."""
+    return speed.enabled() and not in_xla_context()
 
 
 def init_cache(backbone, batch_size: int, max_length: int):
