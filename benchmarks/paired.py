@@ -1,12 +1,14 @@
-"""Same-window ratios: gpt2_tf and Hugging Face run back to back, round after round.
+"""Same-window ratios: gpt2_tf and a peer (Hugging Face, or keras-hub) run back to back, round
+after round.
 
-    python -m benchmarks.paired [--rounds 3] [--rows full-bf16,lora-bf16,generate] [--quick]
+    python -m benchmarks.paired [--rounds 3] [--rows full-bf16,lora-bf16,generate]
+                                [--peer hf|keras_hub] [--quick]
 
 On this kind of shared VM the machine's speed changes by up to 2x from one minute to the next
 (CPU steal, page-fault cost), so in a sequential `make bench` the two systems of a row can be
-measured in different windows. Here each round runs gpt2_tf's case and then HF's, each in its own
-process as in `make bench`, and the ratio is taken within the round; the median over rounds is
-printed. Rows: full-fp32, lora-fp32, full-bf16, lora-bf16, generate (batch 1 and 8).
+measured in different windows. Here each round runs gpt2_tf's case and then the peer's, each in
+its own process as in `make bench`, and the ratio is taken within the round; the median over
+rounds is printed. Rows: full-fp32, lora-fp32, full-bf16, lora-bf16, generate (batch 1 and 8).
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ ROWS = {
 }
 
 
-def cases(row: str, quick: bool) -> tuple[dict, tuple[str, str]]:
-    """(args, (gpt2_tf's case, HF's case)) of one row, with `bench.plan`'s own settings."""
+def cases(row: str, quick: bool, peer: str = "hf") -> tuple[dict, tuple[str, str]]:
+    """(args, (gpt2_tf's case, the peer's case)) of one row, with `bench.plan`'s own settings."""
     groups = plan(quick)
     if row == "generate":
-        return groups["generate"][0][4], ("generate_ours", "generate_hf")
+        return groups["generate"][0][4], ("generate_ours", f"generate_{peer}")
     args = next(a for *_, a in groups["train"] if (a["precision"], a["lora_rank"]) == ROWS[row])
-    return args, ("train_ours", "train_hf")
+    return args, ("train_ours", f"train_{peer}")
 
 
 def figures(result: dict) -> list[float]:
@@ -44,16 +46,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rows", default="full-bf16,lora-bf16,generate")
+    parser.add_argument("--peer", choices=("hf", "keras_hub"), default="hf")
     parser.add_argument("--quick", action="store_true", help="tiny model, a smoke test")
     opts = parser.parse_args()
     for row in opts.rows.split(","):
-        args, systems = cases(row, opts.quick)
+        args, systems = cases(row, opts.quick, opts.peer)
         ratios = []
         for _ in range(opts.rounds):
-            ours, hf = (run_case(system, args) for system in systems)
-            if "error" in ours or "error" in hf:
+            ours, other = (run_case(system, args) for system in systems)
+            if "error" in ours or "error" in other:
                 continue
-            ratios.append([a / b for a, b in zip(figures(ours), figures(hf))])
+            ratios.append([a / b for a, b in zip(figures(ours), figures(other))])
         for i, label in enumerate(args.get("batches", [None])):
             each = [r[i] for r in ratios]
             if not each:
@@ -61,7 +64,7 @@ def main() -> None:
                 continue
             name = row if label is None else f"{row} batch {label}"
             print(
-                f"{name}: gpt2_tf / HF per round "
+                f"{name}: gpt2_tf / {opts.peer} per round "
                 + ", ".join(f"{x:.2f}x" for x in each)
                 + f"; median {statistics.median(each):.2f}x",
                 flush=True,
