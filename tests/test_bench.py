@@ -70,3 +70,16 @@ def test_the_avx2_emulation_hides_the_wider_instructions_from_every_library():
         timeout=300,
     )
     assert native.stdout.strip() != "AVX2"  # the emulation, not the machine, took them away
+
+
+@pytest.mark.parametrize("peer", ["hf", "keras_hub"])
+def test_paired_rows_name_cases_that_exist(peer):
+    """`benchmarks.paired` pairs gpt2_tf's case with the peer's, with the bench's own settings."""
+    from benchmarks import cases, paired
+
+    for row in (*paired.ROWS, "generate"):
+        args, systems = paired.cases(row, True, peer)
+        assert systems[0].endswith("_ours") and systems[1].endswith(f"_{peer}")
+        assert all(callable(getattr(cases, s)) for s in systems)
+        if row != "generate":
+            assert (args["precision"], args["lora_rank"]) == paired.ROWS[row]
