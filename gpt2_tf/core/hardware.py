@@ -175,7 +175,7 @@ def resolve_jit_compile(
 
 def resolve_decode_jit(rows: int) -> tuple[bool, str]:
     """Whether a decoding loop of `rows` (the batch bucket) runs as one XLA program
-    (`generation.Generator`), and why: on GPUs and TPUs always, on a CPU for a single row.
+    (`generation.Generator`), and why: on GPUs always, on a CPU for a single row.
 
     One row is matrix-vector work, bound by reading the weights, and XLA's own matrix-vector
     loops read them faster than TensorFlow's kernels (oneDNN's or Eigen's). With more rows the

@@ -182,8 +182,8 @@ class Generator:
 
     def __init__(self, model, jit_compile: bool | str = "auto"):
         """`jit_compile`: True runs each decoding loop as one XLA program, False as a TensorFlow
-        graph; "auto" chooses per batch bucket (`hardware.resolve_decode_jit`). Both give the
-        same tokens (`tests/test_generation.py`)."""
+        graph; "auto" chooses per batch bucket (`hardware.resolve_decode_jit`). Greedy, both give
+        the same tokens (`tests/test_generation.py`); sampled, a seed draws other numbers."""
         self._model = weakref.ref(model)  # held weakly: see compiled.for_model
         if jit_compile not in (True, False, "auto"):
             raise ValueError(f"jit_compile must be True, False or 'auto', got {jit_compile!r}")
