@@ -45,11 +45,28 @@ def in_fresh_process(code: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _xla_functions(path: str) -> list[str]:
+    """The names of the SavedModel's functions marked to compile with XLA."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    return [
+        fn.signature.name
+        for graph in saved.meta_graphs
+        for fn in graph.graph_def.library.function
+        if fn.attr["_XlaMustCompile"].b
+    ]
+
+
 @pytest.mark.slow
 def test_lm_export_serves_strings_like_generate(lm_dir, tmp_path):
     model, tokenizer, _ = load_trained(lm_dir)
     path = export_saved_model(model, tokenizer, str(tmp_path / "exports"))
     assert path.endswith(os.path.join("exports", "1"))
+    # No function is marked for XLA: TensorFlow Serving runs it with its XLA compiler off.
+    assert _xla_functions(path) == []
     served = in_fresh_process(f"""
 f = tf.saved_model.load({path!r}).signatures["serving_default"]
 res = {{}}

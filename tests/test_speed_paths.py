@@ -117,21 +117,49 @@ def test_greedy_tokens_match(monkeypatch, mode):
     assert fast == plain and all(len(row) == 20 for row in fast)
 
 
-def test_cached_hidden_states_match(monkeypatch):
-    """The plain cache and the fast one give the same hidden states, prefill and one step."""
+@pytest.mark.parametrize("xla", [False, True])
+def test_cached_hidden_states_match(monkeypatch, xla):
+    """The plain cache and the fast one give the same hidden states, prefill and one step, with
+    the fast kernels as graph ops and as small XLA programs."""
     model = _model()
     ids = np.array([[0, 464, 2068], [15496, 995, 11]], "int32")
     mask = np.array([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]], "int32")
 
     def run():
         bb = model.backbone
-        cache, kernels = bb.init_cache(2, 5), bb.decoding_kernels()
+        cache, kernels = bb.init_cache(2, 5), bb.decoding_kernels(xla)
+        assert kernels is None or kernels.xla is xla
         h1, cache = bb.call_with_cache(ids, mask, cache, 0, kernels)
         h2, _ = bb.call_with_cache(np.array([[7], [8]], "int32"), mask, cache, 3, kernels)
-        return np.asarray(h1), np.asarray(h2), np.asarray(model.step_logits(h2[:, 0]))
+        return np.asarray(h1), np.asarray(h2), np.asarray(model.step_logits(h2[:, 0], kernels))
 
     for a, b in zip(*(_with_path(monkeypatch, p, run) for p in (False, True))):
         np.testing.assert_allclose(a, b, **TOL)
+
+
+def test_the_library_decodes_with_xla_kernels_and_the_export_without(monkeypatch):
+    """`Generator`'s graph loop runs each block's work (and the head) as XLA programs; the
+    decoding loop as the SavedModel export calls it runs them as graph ops."""
+    from gpt2_tf.model.generation import decode
+
+    monkeypatch.delenv(speed.PLAIN_ENV, raising=False)
+    seen = []
+    real = decoding._run
+
+    def recorded(fn, xla, *args):
+        seen.append((fn.__name__, xla))
+        return real(fn, xla, *args)
+
+    monkeypatch.setattr(decoding, "_run", recorded)
+    model = _model()
+    Generator(model, jit_compile=False)([[464, 2068]], 2, sampler="greedy")
+    names = {"qkv_t", "attention_t", "mlp_t", "head_t"}
+    assert {n for n, _ in seen} == names and all(xla for _, xla in seen)
+    seen.clear()
+    ids, mask = tf.constant([[464, 2068]]), tf.constant([[1, 1]])
+    settings = (tf.constant(0.0), tf.constant(0), tf.constant(1.0), tf.constant(0))
+    tf.function(lambda: decode(model, ids, mask, 2, 2, *settings, tf.constant([50256])))()
+    assert {n for n, _ in seen} == names and not any(xla for _, xla in seen)
 
 
 def _count_calls(monkeypatch, module, name, counts):

@@ -178,13 +178,14 @@ def resolve_decode_jit(rows: int) -> tuple[bool, str]:
     (`generation.Generator`), and why: on GPUs always, on a CPU for a single row.
 
     One row is matrix-vector work, bound by reading the weights, and XLA's own matrix-vector
-    loops read them faster than TensorFlow's kernels (oneDNN's or Eigen's). With more rows the
-    two ran level. Measured, GPT-2 124M, prompt 32, 128 new tokens, new tokens/s (graph / XLA,
-    medians of 4 alternating calls in one process), AMD EPYC with AVX-512, oneDNN on: batch 1
-    36.3 / 43.3, batch 8 170.9 / 165.4; oneDNN off, one run each: batch 1 35.4 / 52.0,
-    batch 8 172.4 / 171.2."""
+    loops read them faster than TensorFlow's kernels (oneDNN's or Eigen's). The graph loop runs
+    each block's work as small XLA programs too (`speed.decoding`), laid out for few rows, where
+    the whole-loop program folds the kernels' transposes away. Measured, GPT-2 124M, prompt 32,
+    128 new tokens, new tokens/s (graph / XLA, medians of 3 alternating calls in one process),
+    AMD EPYC (Zen 4), oneDNN on: batch 1 41.7 / 42.0, batch 8 203.8 / 141.7. Before the graph
+    loop's XLA programs, on a Zen 5 EPYC: batch 1 36.3 / 43.3, batch 8 170.9 / 165.4."""
     if _gpu_capabilities():
         return True, "GPUs: XLA fuses each decoding step's small kernels"
     if rows <= 1:
         return True, "one row on a CPU: XLA's matrix-vector loops read the weights faster"
-    return False, f"{rows} rows on a CPU: TensorFlow's kernels ran level with XLA's"
+    return False, f"{rows} rows on a CPU: the graph loop with XLA block programs ran faster"

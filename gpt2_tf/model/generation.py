@@ -67,10 +67,13 @@ def decode(
     top_p,
     seed,
     stop_ids,
+    xla_kernels: bool = False,
 ):
     """The decoding loop, in graph. prompt_ids/mask [B, P] left-padded; rows whose mask is all
     zero are batch filler. Returns (new ids [B, max_new_tokens], padded with the first stop id
     or 0, and lengths [B]: tokens up to and including the stop token). B is at least 1.
+    `xla_kernels`: the speed path runs each block's work as small XLA programs called from the
+    loop (`speed.decoding`); the SavedModel export leaves it off, so it needs no XLA.
 
     The sampling settings are checked here, for the library and the SavedModel alike (see
     `check_sampling`): an invalid one stops the call with its name and value."""
@@ -80,9 +83,9 @@ def decode(
     b, p = tf.shape(prompt_ids)[0], tf.shape(prompt_ids)[1]
     mask = tf.concat([prompt_mask, tf.ones([b, cache_extra], prompt_mask.dtype)], 1)  # [B, P + X]
     cache = backbone.init_cache(b, p + cache_extra)
-    kernels = backbone.decoding_kernels()  # once, outside the loop
+    kernels = backbone.decoding_kernels(xla_kernels)  # once, outside the loop
     hidden, cache = backbone.call_with_cache(prompt_ids, mask, cache, 0, kernels)
-    logits = model.step_logits(hidden[:, -1])  # [B, V]
+    logits = model.step_logits(hidden[:, -1], kernels)  # [B, V]
     done = tf.reduce_max(prompt_mask, 1) == 0  # filler rows start done
     lengths = tf.zeros([b], tf.int32)
     out = tf.TensorArray(tf.int32, size=max_new_tokens, element_shape=[None])
@@ -94,7 +97,8 @@ def decode(
         lengths += tf.cast(~done, tf.int32)
         done |= tf.reduce_any(tok[:, None] == stop_ids[None, :], -1)
         hidden, cache = backbone.call_with_cache(tok[:, None], mask, cache, p + t, kernels)
-        return t + 1, model.step_logits(hidden[:, 0]), cache, done, lengths, out.write(t, tok)
+        logits = model.step_logits(hidden[:, 0], kernels)
+        return t + 1, logits, cache, done, lengths, out.write(t, tok)
 
     def running(t, logits, cache, done, lengths, out):
         return (t < max_new_tokens) & ~tf.reduce_all(done)
@@ -182,8 +186,9 @@ class Generator:
 
     def __init__(self, model, jit_compile: bool | str = "auto"):
         """`jit_compile`: True runs each decoding loop as one XLA program, False as a TensorFlow
-        graph; "auto" chooses per batch bucket (`hardware.resolve_decode_jit`). Greedy, both give
-        the same tokens (`tests/test_generation.py`); sampled, a seed draws other numbers."""
+        graph loop (whose blocks run as small XLA programs on the speed path: `speed.decoding`);
+        "auto" chooses per batch bucket (`hardware.resolve_decode_jit`). Greedy, both give the
+        same tokens (`tests/test_generation.py`); sampled, a seed draws other numbers."""
         self._model = weakref.ref(model)  # held weakly: see compiled.for_model
         if jit_compile not in (True, False, "auto"):
             raise ValueError(f"jit_compile must be True, False or 'auto', got {jit_compile!r}")
@@ -191,7 +196,9 @@ class Generator:
 
         def fn(ids, mask, max_new, extra, temperature, top_k, top_p, seed, stop_ids):
             return decode(
-                self.model, ids, mask, max_new, extra, temperature, top_k, top_p, seed, stop_ids
+                self.model,
+                *(ids, mask, max_new, extra, temperature, top_k, top_p, seed, stop_ids),
+                xla_kernels=True,
             )
 
         # Traced again when LoRA, a merge, a dtype or the speed switch changes after a first call.

@@ -151,10 +151,11 @@ class GPT2Backbone(_Pretrained):
             tuple(tf.zeros(shape, self.compute_dtype) for _ in "kv") for _ in range(c.n_layer)
         )
 
-    def decoding_kernels(self):
+    def decoding_kernels(self, xla: bool = False):
         """What `call_with_cache` needs made once per decoding call, outside the loop: the speed
-        path's transposed kernels, nothing for the plain one."""
-        return decoding.kernels(self) if decoding.applies() else None
+        path's transposed kernels (`decoding.Kernels`; `xla`: each block's work as small XLA
+        programs), nothing for the plain one."""
+        return decoding.kernels(self, xla) if decoding.applies() else None
 
     def call_with_cache(self, token_ids, padding_mask, cache, index, kernels=None):
         """Runs `token_ids` [B, t] as cache slots index..index+t-1 -> (hidden [B, t, E], cache).
@@ -208,11 +209,12 @@ class GPT2LanguageModel(_WithBackbone):
         out.set_shape(hidden.shape[:-1].concatenate(w.shape[:1]))  # keep static shapes
         return ops.cast(out, "float32")  # [..., V]
 
-    def step_logits(self, hidden):
-        """[B, E] -> float32 [B, V] for a decoding step's few rows."""
+    def step_logits(self, hidden, kernels=None):
+        """[B, E] -> float32 [B, V] for a decoding step's few rows; `kernels` is the decoding
+        call's `backbone.decoding_kernels()` (its `xla` choice is the head's too)."""
         if speed.enabled():
-            table = self.backbone.wte.embeddings
-            return ops.cast(decoding.step_logits(hidden, table), "float32")
+            table, xla = self.backbone.wte.embeddings, bool(kernels and kernels.xla)
+            return ops.cast(decoding.step_logits(hidden, table, xla), "float32")
         return self.logits(hidden)
 
     def call(self, inputs, training=None):
