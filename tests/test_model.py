@@ -272,15 +272,15 @@ def _recast_case():
     return plain, step, x, kernels
 
 
-def test_recast_matmul_same_outputs_and_gradients_as_autodiff():
-    """gradients.recast_matmul (mixed precision, training) gives the output and both gradients of
+def test_kernel_matmul_same_outputs_and_gradients_as_autodiff():
+    """gradients.kernel_matmul (mixed precision, training) gives the output and both gradients of
     autodiff through x @ cast(kernel), bit for bit; a frozen kernel (LoRA) gets no gradient."""
     import tensorflow as tf
 
-    from gpt2_tf.model.speed.gradients import recast_matmul
+    from gpt2_tf.model.speed.gradients import kernel_matmul
 
     plain, step, x, kernels = _recast_case()
-    recast = step(recast_matmul)
+    recast = step(kernel_matmul)
     np.testing.assert_array_equal([t.numpy() for t in recast()], [t.numpy() for t in plain()])
 
     fixed = keras.Variable(kernels[0].numpy(), trainable=False)  # a LoRA layer's kernel
@@ -289,7 +289,7 @@ def test_recast_matmul_same_outputs_and_gradients_as_autodiff():
     def frozen():
         with tf.GradientTape() as tape:
             tape.watch(x)
-            y = recast_matmul(x, fixed)
+            y = kernel_matmul(x, fixed)
         return tape.gradient(y, [x, fixed])
 
     dx, d_fixed = frozen()
@@ -331,18 +331,66 @@ def _kernel_cast_consumers(graph_def) -> list[int]:
     ]
 
 
-def test_recast_matmul_keeps_no_kernel_copies_for_the_backward_pass():
+def test_kernel_matmul_keeps_no_kernel_copies_for_the_backward_pass():
     """Plain autodiff of x @ cast(kernel) uses each layer's bfloat16 kernel copy in the forward
     product and again in the backward one, so the copy lives from one pass to the other (32 MB
-    for these sixteen 1,024 x 1,024 kernels; 162 MB at GPT-2 124M). recast_matmul casts again
+    for these sixteen 1,024 x 1,024 kernels; 162 MB at GPT-2 124M). kernel_matmul casts again
     in the backward pass: after Grappler (which merges identical ops: without the control
     dependency the two casts became one again), every cast has one user, freed once used.
 
     Checked in the optimized graph, the same on every machine; TensorFlow's CPU allocator
     statistics (oneDNN's BFC allocator only) gave 6-20 MB of margin run to run, too noisy to
     assert on: the executor may run all the forward casts before the first product."""
-    from gpt2_tf.model.speed.gradients import recast_matmul
+    from gpt2_tf.model.speed.gradients import kernel_matmul
 
     plain, step, _, _ = _recast_case()
     assert _kernel_cast_consumers(_grappler_optimized(plain)) == [2] * 16
-    assert _kernel_cast_consumers(_grappler_optimized(step(recast_matmul))) == [1] * 32
+    assert _kernel_cast_consumers(_grappler_optimized(step(kernel_matmul))) == [1] * 32
+
+
+def test_kernel_matmul_float32_takes_wide_kernels_transposed_for_the_input_gradient():
+    """In float32, kernel_matmul's input gradient for a kernel wider than deep (c_attn, c_fc) is
+    a plain product with a [out, in] copy of the kernel (oneDNN's transposed product was slower
+    there), made only in the backward pass; a square or deep kernel keeps the transposed
+    product. Values and gradients equal autodiff's."""
+    import tensorflow as tf
+
+    from gpt2_tf.model.speed.gradients import kernel_matmul
+
+    rng = np.random.default_rng(1)
+    kernels = [
+        keras.Variable(rng.normal(size=shape) * 0.05, dtype="float32")
+        for shape in ((32, 96), (96, 32), (32, 32))
+    ]
+    x = tf.constant(rng.normal(size=(2, 5, 32)), tf.float32)
+
+    def step(product):
+        @tf.function
+        def run():
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                h = x
+                for k in kernels:
+                    h = tf.tanh(product(h, k))
+                loss = tf.reduce_sum(h * h)
+            return [loss, *tape.gradient(loss, [x, *kernels])]
+
+        return run
+
+    ours = step(kernel_matmul)
+    plain = step(lambda h, k: tf.tensordot(h, k, 1))
+    for a, b in zip(ours(), plain()):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+    graph = _grappler_optimized(ours)
+    nodes = {n.name: n for n in graph.node}
+    snapshots = [n for n in graph.node if n.op == "Snapshot"]
+    assert len(snapshots) == 1  # the one wide kernel, transposed once
+    transpose = nodes[snapshots[0].input[0].split(":")[0]]
+    assert transpose.op == "Transpose"
+    # Made in the backward pass: ordered after the gradient flowing in (a control edge on its
+    # permutation), so the executor cannot make every layer's copy during the forward pass.
+    perm = nodes[transpose.input[1].split(":")[0]]
+    assert [i for i in perm.input if i.startswith("^gradient_tape/")], perm.input
+    matmuls = [n for n in graph.node if n.op in ("MatMul", "_MklMatMul")]
+    assert sum(n.attr["transpose_b"].b for n in matmuls) == 2  # the square and deep kernels

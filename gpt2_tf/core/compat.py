@@ -35,7 +35,7 @@ def kernel_variable(dense):
 
 def no_autocast():
     """`keras.src.backend.AutocastScope(None)`: a scope where a float32 variable's `.value` is
-    not cast to the compute dtype (the speed path casts it itself; see `recast_matmul`)."""
+    not cast to the compute dtype (the speed path casts it itself; see `kernel_matmul`)."""
     import keras
 
     return keras.src.backend.AutocastScope(None)

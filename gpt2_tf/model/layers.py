@@ -31,8 +31,8 @@ def gelu(x):
 
 @keras.saving.register_keras_serializable(package="gpt2_tf")
 class Dense(keras.layers.Dense):
-    """Keras `Dense`. The speed path replaces its LoRA product and its mixed-precision training
-    product (`speed.gradients.dense_call`); variables, names and `enable_lora` are Keras's."""
+    """Keras `Dense`. The speed path replaces its training product and its LoRA product
+    (`speed.gradients.dense_call`); variables, names and `enable_lora` are Keras's."""
 
     def call(self, inputs, training=None):
         if speed.enabled() and gradients.dense_applies(self, training):

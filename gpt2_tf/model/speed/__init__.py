@@ -6,7 +6,8 @@ same computations run through the modules here instead, with the same results (c
 `tests/test_speed_paths.py`):
 
 - `gradients`: custom-gradient training kernels (tanh-GELU, XLA training GELU, attention that
-  recomputes its probabilities, `recast_matmul`, the LoRA Dense's factored forward pass);
+  recomputes its probabilities, `kernel_matmul` (every Dense product in training), the LoRA
+  Dense's factored forward pass);
 - `decoding`: the KV-cache decoding kernels (transposed-kernel products, in-place cache writes,
   each block's work as small XLA programs in the library's decoding loop);
 - `fused_head`: the fused, chunked tied LM head loss (`tied_head_sums`).
@@ -24,9 +25,13 @@ at batch 4 x 256, two trainers alternating steps in one process, median of 8):
   bfloat16 3.44 -> 3.04 s, LoRA bfloat16 2.57 -> 2.20 s, float32 6.53 -> 6.12 s.
 - `recomputed_attention`: autodiff keeps each layer's float32 softmax and its bfloat16 copy,
   12.6 + 6.3 MB a layer, about 230 MB over 12 blocks; recomputing is under 1% of a step's FLOPs.
-- `recast_matmul`: autodiff keeps every layer's bfloat16 kernel copy between the passes, 162 MB
+- `kernel_matmul`: autodiff keeps every layer's bfloat16 kernel copy between the passes, 162 MB
   at the step's allocation peak; peak RSS of `make bench` 3,727-3,733 -> 3,605-3,653 MB, for a
-  bfloat16 step of 3.22 -> 3.27 s.
+  bfloat16 step of 3.22 -> 3.27 s. In float32, the input gradient of c_attn and c_fc from a
+  [out, in] copy of the kernel instead of oneDNN's transposed product (174 against 217 GFLOP/s
+  for c_fc's on an AMD EPYC, Zen 4): 12 blocks' forward and backward at 1,024 tokens 2,939 ->
+  2,810 ms, a step 217 -> 235 tokens/s (LoRA 340 -> 356), peak RSS 4,059 -> 3,980 MB (Keras's
+  Dense kept more for its autodiff).
 - The LoRA Dense's x·W + s·(x·A)·B: Keras's merged kernel costs a full [in, out] weight-gradient
   product per layer (about 43 GFLOP a step for `c_attn` at 1,024 tokens).
 - `tied_head_sums`: autodiff keeps three [N, 50257] float32 tensors, and TensorFlow's sparse

@@ -8,7 +8,7 @@ import math
 import tensorflow as tf
 from keras import ops
 
-from gpt2_tf.core.compat import kernel_variable, no_autocast
+from gpt2_tf.core.compat import in_xla_context, kernel_variable, no_autocast
 
 _GELU_C = math.sqrt(2.0 / math.pi)
 _GELU_A = 0.044715
@@ -53,18 +53,16 @@ def training_gelu(x):
 
 
 def dense_applies(dense, training) -> bool:
-    """Whether `dense_call` replaces Keras's Dense call: LoRA on, or mixed-precision training."""
-    recast = training and dense.variable_dtype != dense.compute_dtype
-    return dense.quantization_mode is None and bool(dense.lora_enabled or recast)
+    """Whether `dense_call` replaces Keras's Dense call: in training, or with LoRA on."""
+    return dense.quantization_mode is None and bool(dense.lora_enabled or training)
 
 
 def dense_call(dense, inputs, training=None):
     """Keras's Dense with x·W + (alpha/r)·(x·A)·B for LoRA (the frozen kernel gets no gradient;
-    A and B get theirs from [N, r]-sized products), and `recast_matmul` for the kernel product in
-    mixed-precision training."""
+    A and B get theirs from [N, r]-sized products), and `kernel_matmul` for the kernel product in
+    training."""
     kernel = kernel_variable(dense)
-    recast = training and dense.variable_dtype != dense.compute_dtype
-    x = recast_matmul(inputs, kernel) if recast else ops.matmul(inputs, kernel)
+    x = kernel_matmul(inputs, kernel) if training else ops.matmul(inputs, kernel)
     if dense.lora_enabled:
         scale = ops.cast(dense.lora_alpha / dense.lora_rank, dense.compute_dtype)
         x = x + ops.matmul(ops.matmul(inputs, dense.lora_kernel_a) * scale, dense.lora_kernel_b)
@@ -75,10 +73,12 @@ def dense_call(dense, inputs, training=None):
     return x
 
 
-def recast_matmul(x, kernel):
-    """x [..., in] (compute dtype) @ kernel [in, out] (a float32 variable) under mixed precision,
-    casting the kernel again in the backward pass instead of keeping the forward pass's copy.
-    A frozen kernel (LoRA) gets no gradient product."""
+def kernel_matmul(x, kernel):
+    """x [..., in] (compute dtype) @ kernel [in, out] (a float32 variable) for training, with its
+    own gradient: under mixed precision the backward pass casts the kernel again instead of
+    keeping the forward pass's copy; the input's gradient takes the kernel transposed first where
+    that product is faster (`_transpose_for_input_grad`); a frozen kernel (LoRA) gets no gradient
+    product."""
     # Under an autocast scope `kernel.value` would be the cast, which autodiff keeps.
     with no_autocast():
         table = tf.convert_to_tensor(kernel.value)
@@ -91,11 +91,18 @@ def recast_matmul(x, kernel):
 
         def grad(dy):
             dy2 = tf.reshape(dy, (-1, tf.shape(dy)[-1]))
-            # Ordered after dy, so Grappler cannot merge it with the forward cast (the same op
-            # on the same input), which would keep that one alive again.
+            # Made after dy: Grappler cannot merge the cast with the forward one (the same op on
+            # the same input), which would keep that copy alive between the passes, and the
+            # executor cannot make every layer's transposed copy early (in float32 the cast is
+            # no op, and the copies depend on the kernel alone).
             with tf.control_dependencies([dy]):
                 w = tf.cast(table, dy.dtype)
-            dx = tf.reshape(tf.matmul(dy2, w, transpose_b=True), shape)
+                if _transpose_for_input_grad(w):
+                    # Snapshot: otherwise Grappler folds the transpose back into the product.
+                    dx = tf.matmul(dy2, tf.raw_ops.Snapshot(input=tf.transpose(w)))
+                else:
+                    dx = tf.matmul(dy2, w, transpose_b=True)
+            dx = tf.reshape(dx, shape)
             if not trainable:
                 return dx, None
             return dx, tf.cast(tf.matmul(x2, dy2, transpose_a=True), table.dtype)
@@ -107,6 +114,16 @@ def recast_matmul(x, kernel):
         return y, grad
 
     return product(x, table)
+
+
+def _transpose_for_input_grad(w) -> bool:
+    """Whether dy @ w^T runs as dy @ (a [out, in] copy of w): for a float32 kernel wider than it
+    is deep (c_attn, c_fc) in TensorFlow's graph. oneDNN's transposed product with a long inner
+    dimension ran slower than the copy and a plain product (AMD EPYC, 2 cores, 12 layers' dX at
+    1,024 tokens: c_fc 335 -> 267 ms, c_attn 212 -> 199 ms, the copies included); in bfloat16 it
+    ran as fast as the plain one (427 against 418 GFLOP/s), and XLA lays out its products
+    itself."""
+    return w.dtype == tf.float32 and w.shape[1] > w.shape[0] and not in_xla_context()
 
 
 def _softmax_attention(q, k, v, mask, mask_value, rate, seed):
