@@ -237,6 +237,34 @@ def test_recomputed_attention_equals_autodiff(dtype, rate):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max(), err_msg=name)
 
 
+def _product_step(kernels, x, product, activation=None, sums=True):
+    """A tf.function: one training step of x through `kernels` with a given product (and an
+    activation after each), returning (loss, sum dx, sum dkernels), or with `sums` off
+    [loss, dx, *dkernels]."""
+    import tensorflow as tf
+
+    @tf.function
+    def run():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            h = x
+            for k in kernels:
+                h = product(h, k)
+                h = h if activation is None else activation(h)
+            loss = tf.reduce_sum(tf.cast(h, tf.float32) ** 2)
+        dx, *dk = tape.gradient(loss, [x, *kernels])
+        if not sums:
+            return [loss, dx, *dk]
+        # One number out, so no gradient is held past its last use.
+        return (
+            loss,
+            tf.reduce_sum(tf.cast(dx, tf.float32)),
+            tf.add_n([tf.reduce_sum(g) for g in dk]),
+        )
+
+    return run
+
+
 def _recast_case():
     """Sixteen 1,024 x 1,024 float32 kernels, a bfloat16 input, and one training step through
     all of them with a given product, as a tf.function returning (loss, sum dx, sum dkernels)."""
@@ -249,23 +277,7 @@ def _recast_case():
     x = tf.cast(tf.constant(rng.normal(size=(2, 4, 1024)), tf.float32), tf.bfloat16)
 
     def step(product):
-        @tf.function
-        def run():
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                h = x
-                for k in kernels:
-                    h = product(h, k)
-                loss = tf.reduce_sum(tf.cast(h, tf.float32) ** 2)
-            dx, *dk = tape.gradient(loss, [x, *kernels])
-            # One number out, so no gradient is held past its last use.
-            return (
-                loss,
-                tf.reduce_sum(tf.cast(dx, tf.float32)),
-                tf.add_n([tf.reduce_sum(g) for g in dk]),
-            )
-
-        return run
+        return _product_step(kernels, x, product)
 
     # What Keras's Dense does with a 3-D input: a tensordot, one 2-D MatMul.
     plain = step(lambda h, k: tf.tensordot(h, tf.cast(k, h.dtype), 1))
@@ -365,17 +377,7 @@ def test_kernel_matmul_float32_takes_wide_kernels_transposed_for_the_input_gradi
     x = tf.constant(rng.normal(size=(2, 5, 32)), tf.float32)
 
     def step(product):
-        @tf.function
-        def run():
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                h = x
-                for k in kernels:
-                    h = tf.tanh(product(h, k))
-                loss = tf.reduce_sum(h * h)
-            return [loss, *tape.gradient(loss, [x, *kernels])]
-
-        return run
+        return _product_step(kernels, x, product, activation=tf.tanh, sums=False)
 
     ours = step(kernel_matmul)
     plain = step(lambda h, k: tf.tensordot(h, k, 1))
