@@ -183,7 +183,7 @@ def resolve_decode_jit(rows: int) -> tuple[bool, str]:
     the whole-loop program folds the kernels' transposes away. Measured, GPT-2 124M, prompt 32,
     128 new tokens, new tokens/s (graph / XLA, medians of 3 alternating calls in one process),
     AMD EPYC (Zen 4), oneDNN on: batch 1 41.7 / 42.0, batch 8 203.8 / 141.7. Before the graph
-    loop's XLA programs, on a Zen 5 EPYC: batch 1 36.3 / 43.3, batch 8 170.9 / 165.4."""
+    loop's XLA programs, on an earlier EPYC host: batch 1 36.3 / 43.3, batch 8 170.9 / 165.4."""
     if _gpu_capabilities():
         return True, "GPUs: XLA fuses each decoding step's small kernels"
     if rows <= 1:

@@ -195,11 +195,8 @@ class Generator:
         self.jit_compile = jit_compile
 
         def fn(ids, mask, max_new, extra, temperature, top_k, top_p, seed, stop_ids):
-            return decode(
-                self.model,
-                *(ids, mask, max_new, extra, temperature, top_k, top_p, seed, stop_ids),
-                xla_kernels=True,
-            )
+            settings = (temperature, top_k, top_p, seed, stop_ids)
+            return decode(self.model, ids, mask, max_new, extra, *settings, xla_kernels=True)
 
         # Traced again when LoRA, a merge, a dtype or the speed switch changes after a first call.
         self._fns = {

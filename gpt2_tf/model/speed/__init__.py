@@ -30,8 +30,7 @@ at batch 4 x 256, two trainers alternating steps in one process, median of 8):
   bfloat16 step of 3.22 -> 3.27 s. In float32, the input gradient of c_attn and c_fc from a
   [out, in] copy of the kernel instead of oneDNN's transposed product (174 against 217 GFLOP/s
   for c_fc's on an AMD EPYC, Zen 4): 12 blocks' forward and backward at 1,024 tokens 2,939 ->
-  2,810 ms, a step 217 -> 235 tokens/s (LoRA 340 -> 356), peak RSS 4,059 -> 3,980 MB (Keras's
-  Dense kept more for its autodiff).
+  2,810 ms, a step 217 -> 235 tokens/s (LoRA 340 -> 356), peak RSS 4,059 -> 3,980 MB.
 - The LoRA Dense's x·W + s·(x·A)·B: Keras's merged kernel costs a full [in, out] weight-gradient
   product per layer (about 43 GFLOP a step for `c_attn` at 1,024 tokens).
 - `tied_head_sums`: autodiff keeps three [N, 50257] float32 tensors, and TensorFlow's sparse

@@ -77,7 +77,11 @@ def kernels(backbone, xla: bool = False) -> Kernels:
 
 def project_t(x, kernel_t, bias=None):
     """x [N, in] @ kernel + bias, given kernel_t [out, in], left transposed: [out, N]."""
-    y_t = tf.matmul(kernel_t, x, transpose_b=True)
+    return _add_bias_t(tf.matmul(kernel_t, x, transpose_b=True), bias)
+
+
+def _add_bias_t(y_t, bias):
+    """y_t [out, N] + bias [out]."""
     return y_t if bias is None else y_t + ops.cast(bias, y_t.dtype)[:, None]
 
 
@@ -104,8 +108,7 @@ def attention_t(q, k, v, mask, kernel_t, bias):
 def mlp_t(x, fc_t, fc_bias, proj_t, proj_bias):
     """c_fc -> GELU -> c_proj: x [N, E] -> [E, N]; the inner activations stay [4E, N]."""
     h_t = gelu(project_t(x, fc_t, fc_bias))
-    y_t = tf.matmul(proj_t, h_t)
-    return y_t + ops.cast(proj_bias, y_t.dtype)[:, None]
+    return _add_bias_t(tf.matmul(proj_t, h_t), proj_bias)
 
 
 def head_t(table, hidden):
