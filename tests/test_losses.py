@@ -71,3 +71,41 @@ def test_eval_path_matches_and_large_losses_stay_finite():
     assert np.isfinite(float(got[0])) and float(got[0]) > 1000
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
     np.testing.assert_allclose(got[2], want[2])
+
+
+def _table_grad_graph(tied: bool, dtype):
+    """(A graph function's (lookup, NLL sum, the table's gradient), its graph) for a lookup of
+    repeated ids and the fused head over the looked-up rows, with the table read twice
+    (autodiff's aggregation) or through `tied_lookup`."""
+    hidden, table, labels, weights = _inputs(tf.float32, n=12)
+    ids = tf.constant([[3, 7, 3, 0], [7, 7, 299, 3], [1, 2, 3, 4]], tf.int32)
+
+    @tf.function
+    def run(table):
+        with tf.GradientTape() as tape:
+            tape.watch(table)
+            if tied:
+                tokens, head_table = fused_head.tied_lookup(table, ids, dtype)
+            else:
+                tokens, head_table = tf.cast(tf.gather(table, ids), dtype), table
+            h = tf.reshape(tokens, [12, -1]) * tf.cast(hidden, dtype)
+            nll = fused_head.tied_head_sums(h, head_table, labels, weights, chunk_rows=5)[0]
+            loss = nll * 3.0
+        return tokens, nll, tf.convert_to_tensor(tape.gradient(loss, table))
+
+    return lambda: run(table), run.get_concrete_function(table).graph
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
+def test_tied_lookup_adds_the_lookup_rows_into_the_head_gradient(dtype):
+    (tied, tied_graph), (plain, plain_graph) = (_table_grad_graph(t, dtype) for t in (True, False))
+    for got, want in zip(tied(), plain()):
+        np.testing.assert_allclose(tf.cast(got, tf.float32), tf.cast(want, tf.float32), rtol=1e-5)
+    # Autodiff makes the lookup's rows a dense [V, E] gradient and adds the head's to it; the
+    # tied lookup scatters them into the head's.
+    ops = {
+        name: {op.type for op in graph.get_operations()}
+        for name, graph in (("tied", tied_graph), ("plain", plain_graph))
+    }
+    assert "UnsortedSegmentSum" in ops["plain"] and "UnsortedSegmentSum" not in ops["tied"]
+    assert "TensorScatterAdd" in ops["tied"]

@@ -128,13 +128,17 @@ class GPT2Backbone(_Pretrained):
         )
         self(_dummy_inputs())  # build every weight now, so loaders and LoRA find them
 
-    def embed(self, token_ids, positions, training=None):
-        x = self.wte(token_ids) + self.wpe(positions)  # [B, T, E]
+    def embed(self, token_ids, positions, training=None, token_embeddings=None):
+        if token_embeddings is None:
+            token_embeddings = self.wte(token_ids)
+        x = token_embeddings + self.wpe(positions)  # [B, T, E]
         return self.embd_dropout(x, training=training)
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, token_embeddings=None):
+        """`token_embeddings`: `wte`'s lookup of the token ids, made by the caller (the speed
+        path's `fused_head.tied_lookup`)."""
         positions, mask = input_positions_and_mask(inputs)
-        x = self.embed(inputs["token_ids"], positions, training)
+        x = self.embed(inputs["token_ids"], positions, training, token_embeddings)
         for block in self.blocks:
             x = block(x, mask, training=training)
         return self.ln_f(x)

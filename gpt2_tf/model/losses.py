@@ -30,13 +30,17 @@ def lm_target_sums(model, x, y, w, training=False):
     embedding (LoRA) gets no table gradient. The speed path (`speed.fused_head`) gives the same
     sums and gradients without the whole [N, vocab] logits."""
     keep = w > 0
-    hidden = tf.boolean_mask(model.backbone(x, training=training), keep)  # [N, E]
-    if speed.enabled():
-        table = model.backbone.wte.embeddings
-        return fused_head.tied_head_sums(
-            hidden, table, y[keep], w[keep], training=training, table_grad=table.trainable
-        )
-    return batch_sums(y[keep], model.logits(hidden), w[keep])
+    if not speed.enabled():
+        hidden = tf.boolean_mask(model.backbone(x, training=training), keep)  # [N, E]
+        return batch_sums(y[keep], model.logits(hidden), w[keep])
+    backbone, table = model.backbone, model.backbone.wte.embeddings
+    tokens = None  # the backbone looks its token embeddings up itself
+    if training and table.trainable:  # one gradient buffer for the table's two uses
+        tokens, table = fused_head.tied_lookup(table, x["token_ids"], backbone.compute_dtype)
+    hidden = tf.boolean_mask(backbone(x, training=training, token_embeddings=tokens), keep)
+    return fused_head.tied_head_sums(
+        hidden, table, y[keep], w[keep], training=training, table_grad=tokens is not None
+    )
 
 
 def lm_position_sums(model, x, y, w, training=False):

@@ -10,7 +10,8 @@ same computations run through the modules here instead, with the same results (c
   Dense's factored forward pass);
 - `decoding`: the KV-cache decoding kernels (transposed-kernel products, in-place cache writes,
   each block's work as small XLA programs in the library's decoding loop);
-- `fused_head`: the fused, chunked tied LM head loss (`tied_head_sums`).
+- `fused_head`: the fused, chunked tied LM head loss (`tied_head_sums`), and the embedding
+  lookup that gives the table's two uses one gradient buffer (`tied_lookup`).
 
 Set `GPT2_TF_PLAIN=1` to run the plain path. It is read each time a model function runs or is
 traced (a compiled function keeps the path it was traced with), not at import.
@@ -40,6 +41,10 @@ at batch 4 x 256, two trainers alternating steps in one process, median of 8):
   oneDNN ran the single product at 210-320 GFLOP/s on the AMX machine of issue 7, the slices at
   410-425 (330-380 -> about 190 ms at 1,024 x 50,257 x 768); a rank-unknown BatchMatMulV2 ran at
   40% of MatMul's speed (490 of a 3,150 ms step).
+- `tied_lookup`: autodiff made the lookup's row gradient a dense [V, E] float32 tensor and added
+  the head's to it, three 147 MB buffers at the step's allocation peak; peak RSS of a step
+  (`benchmarks.cases train_ours`, AMD EPYC Zen 4) float32 3,916-3,927 -> 3,764-3,779 MB,
+  bfloat16 3,607-3,614 -> 3,458-3,482 MB, at the same speed.
 - Decoding: products as kernel_t @ x^T took 24% less block MatMul time per token at batch 1, and
   batch 8 went from about 80 to about 100 new tokens/s; keeping c_attn's and c_fc's outputs
   transposed saved transposes that were about 10% of a batch-8 step's op time; in-place cache

@@ -1,10 +1,13 @@
 """The fused, chunked tied LM head loss: `tied_head_sums` gives the sums and gradients of
 `losses.batch_sums(labels, hidden @ table.T, weights)` without the [N, vocab] float32 logits,
-their softmax and their gradient all live at once (figures in `speed/__init__.py`)."""
+their softmax and their gradient all live at once; `tied_lookup` gives the embedding table's
+two uses in training one gradient buffer (figures in `speed/__init__.py`)."""
 
 from __future__ import annotations
 
 import tensorflow as tf
+
+from gpt2_tf.core.compat import no_autocast
 
 # Rows of the [rows, vocab] logits the fused head holds at once: 512 x 50257 float32 is 103 MB.
 HEAD_CHUNK_ROWS = 512
@@ -13,6 +16,30 @@ HEAD_CHUNK_ROWS = 512
 HEAD_GRAD_VOCAB_SPLIT = 8192
 # Training pads the head's rows to a multiple of this (see `_head_chunks`).
 HEAD_ROW_MULTIPLE = 64
+
+
+def tied_lookup(table, token_ids, dtype):
+    """(token embeddings [B, T, E] in `dtype`, the table [V, E]) from the embedding table (a
+    float32 variable), for the training step of a tied LM head that takes the second output as
+    its table: the same values and gradient as two reads of the table, with the gradient made
+    in place. Autodiff adds the lookup's row gradient to the head's dense [V, E] one by making
+    the rows dense too and adding the two, three [V, E] float32 buffers at once (147 MB each for
+    GPT-2 124M, at the step's memory peak); here the rows are added into the head's buffer."""
+    with no_autocast():
+        table = tf.convert_to_tensor(table)
+
+    @tf.custom_gradient
+    def tied(t):
+        def grad(d_tokens, d_table):
+            rows = tf.reshape(tf.cast(d_tokens, t.dtype), [-1, t.shape[-1]])
+            ids = tf.reshape(token_ids, [-1, 1])
+            if d_table is None:  # no head took the table
+                d_table = tf.zeros_like(t)
+            return tf.tensor_scatter_nd_add(d_table, ids, rows)  # into d_table's buffer
+
+        return (tf.cast(tf.gather(t, token_ids), dtype), tf.identity(t)), grad
+
+    return tied(table)
 
 
 def tied_head_sums(
@@ -31,8 +58,10 @@ def tied_head_sums(
     hidden [N, E] (compute dtype), table [V, E] (the embedding, float32), labels [N], weights [N].
     Each chunk of rows makes its logits, loss and logit gradient at once (the gradient of a sum of
     NLLs is `(softmax - onehot) * weight`), so only one chunk's float32 logits ever exist; the
-    logit gradients are kept in the compute dtype and multiplied out after the loop. With
-    `training`, the backward pass then only scales the stored gradients by the incoming one;
+    logit gradients are kept in the compute dtype. With `training`, the backward pass multiplies
+    them out, scaled by the incoming gradient: the head is the forward pass's last work, so they
+    live no longer than the products' results would, and the float32 [V, E] table gradient is
+    made once, at its scale, in a buffer `tied_lookup` can add the embedding's rows to.
     `table_grad=False` (a frozen embedding, as under LoRA) skips the table's gradient and its
     [V, E] product.
     """
@@ -41,35 +70,26 @@ def tied_head_sums(
     labels = tf.cast(labels, tf.int32)
     weights = tf.cast(weights, tf.float32)
     if not training:
-        return _head_chunks(hidden, table, labels, weights, chunk_rows, False, False)[:3]
+        return _head_chunks(hidden, table, labels, weights, chunk_rows, False)
 
     @tf.custom_gradient
     def fused(h, t):
-        nll, count, correct, dh, dt = _head_chunks(
-            h, t, labels, weights, chunk_rows, True, table_grad, vocab_split
-        )
+        nll, count, correct, g = _head_chunks(h, t, labels, weights, chunk_rows, True)
 
         def grad(d_nll, d_count, d_correct):
-            return dh * tf.cast(d_nll, dh.dtype), dt * d_nll if table_grad else None
+            return _logit_grad_products(g, h, t, d_nll, table_grad, vocab_split)
 
         return (nll, count, correct), grad
 
     return fused(hidden, table)
 
 
-def _head_chunks(
-    hidden,
-    table,
-    labels,
-    weights,
-    chunk_rows,
-    hidden_grad,
-    table_grad,
-    vocab_split=HEAD_GRAD_VOCAB_SPLIT,
-):
+def _head_chunks(hidden, table, labels, weights, chunk_rows, logit_grad):
+    """(NLL sum, weight sum, correct sum), and with `logit_grad` the [N', V] logit gradients in
+    the compute dtype (N' = N padded to HEAD_ROW_MULTIPLE; padding rows are zero)."""
     w = tf.cast(table, hidden.dtype)  # [V, E]
     n = tf.shape(hidden)[0]
-    if hidden_grad:
+    if logit_grad:
         # Zero-weight rows up to a multiple of HEAD_ROW_MULTIPLE: the XLA chunk kernel is
         # compiled once per shape, so a varying number of target tokens makes at most
         # chunk_rows / HEAD_ROW_MULTIPLE shapes. Padding rows get a zero logit gradient.
@@ -80,8 +100,9 @@ def _head_chunks(
     chunks = (rows_total + chunk_rows - 1) // chunk_rows
     zero = tf.constant(0.0)
     # The chunks' logit gradients, [rows, V] in the compute dtype: both products with them run
-    # once after the loop, over all rows. The table's gradient is then one [V, E] product with
-    # no float32 running sum (three [V, E] float32 buffers live at once) to add each chunk to.
+    # once, over all rows, in the backward pass. The table's gradient is then one [V, E] product
+    # with no float32 running sum (three [V, E] float32 buffers live at once) to add each chunk
+    # to.
     g_rows = tf.TensorArray(hidden.dtype, size=chunks, infer_shape=False)
 
     def body(i, nll_sum, correct_sum, g_rows):
@@ -91,7 +112,7 @@ def _head_chunks(
         y = tf.slice(labels, [start], [size])
         wt = tf.slice(weights, [start], [size])
         logits = tf.matmul(h, w, transpose_b=True)  # [c, V], compute dtype
-        if hidden_grad:
+        if logit_grad:
             nll, correct, g = _chunk_nll_and_grad(logits, y, wt)
             return i + 1, nll_sum + nll, correct_sum + correct, g_rows.write(i, g)
         logits = tf.cast(logits, tf.float32)
@@ -108,18 +129,30 @@ def _head_chunks(
         lambda i, *_: i < chunks, body, (0, zero, zero, g_rows), parallel_iterations=1
     )
     count = tf.reduce_sum(weights)
-    if not hidden_grad:
+    if not logit_grad:
         return nll, count, correct
     # concat() of a TensorArray without inferred shapes is of unknown rank, and tf.matmul then
     # makes a BatchMatMulV2, which oneDNN runs far slower than MatMul in bfloat16.
-    g = tf.ensure_shape(g_rows.concat(), [None, None])  # [N, V]
-    d_hidden = _logit_grad_times_table(g, w, vocab_split)[:n]
+    return nll, count, correct, tf.ensure_shape(g_rows.concat(), [None, None])
+
+
+def _logit_grad_products(g, hidden, table, d_nll, table_grad, vocab_split):
+    """The head's gradients (d_hidden [N, E], d_table [V, E] float32 or None) from its logit
+    gradients g [N', V] and the incoming gradient of the NLL sum."""
+    n = tf.shape(hidden)[0]
+    hidden = tf.pad(hidden, [[0, tf.shape(g)[0] - n], [0, 0]])
+    # Made after the incoming gradient: the forward pass's copy, merged with this one, would
+    # otherwise live through the whole backward pass.
+    with tf.control_dependencies([d_nll]):
+        w = tf.cast(table, hidden.dtype)  # [V, E]
+    d_hidden = _logit_grad_times_table(g, w, vocab_split)[:n] * tf.cast(d_nll, hidden.dtype)
     if not table_grad:
-        return nll, count, correct, d_hidden, zero
-    # After d_hidden, so the compute-dtype table copy `w` is freed before the [V, E] products.
+        return d_hidden, None
+    # After d_hidden, so the compute-dtype table copy `w` is freed before the [V, E] product.
+    # The scale writes into the product's (float32) or the cast's buffer: no second copy.
     with tf.control_dependencies([d_hidden]):
-        d_table = tf.cast(tf.matmul(g, hidden, transpose_a=True), tf.float32)
-    return nll, count, correct, d_hidden, d_table
+        d_table = tf.cast(tf.matmul(g, hidden, transpose_a=True), tf.float32) * d_nll
+    return d_hidden, d_table
 
 
 @tf.function(jit_compile=True)
