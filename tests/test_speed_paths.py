@@ -179,6 +179,7 @@ def test_the_switch_selects_the_path(monkeypatch, plain):
     counts = {}
     for module, name in (
         (gradients, "dense_call"),
+        (gradients, "layer_norm"),
         (gradients, "recomputed_attention"),
         (gradients, "training_gelu"),
         (fused_head, "tied_head_sums"),
@@ -198,9 +199,43 @@ def test_the_switch_selects_the_path(monkeypatch, plain):
     if not plain:
         assert set(counts) == {
             "dense_call",
+            "layer_norm",
             "recomputed_attention",
             "training_gelu",
             "tied_head_sums",
             "call_with_cache",
             "step_logits",
         }, counts
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_layer_norm_equals_keras_and_its_autodiff(dtype):
+    """The training LayerNorm's output is Keras's, bit for bit; its gradients (for x, gamma and
+    beta) equal autodiff's through Keras's ops."""
+    from gpt2_tf.model.layers import LayerNorm
+
+    rng = np.random.default_rng(6)
+    layer = LayerNorm(epsilon=1e-5, dtype="mixed_bfloat16" if dtype == "bfloat16" else "float32")
+    layer.build((2, 5, 8))
+    layer.gamma.assign(rng.normal(1, 0.3, 8).astype("float32"))
+    layer.beta.assign(rng.normal(0, 0.3, 8).astype("float32"))
+    x = tf.cast(rng.normal(0.5, 2, (2, 5, 8)), dtype)
+    dy = tf.cast(rng.normal(size=(2, 5, 8)), dtype)
+
+    def run(norm):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = norm(x)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) * tf.cast(dy, tf.float32))
+        return [y] + tape.gradient(loss, [x, layer.gamma, layer.beta])
+
+    fast = run(lambda x: gradients.layer_norm(layer, x))
+    plain = run(lambda x: keras.layers.LayerNormalization.call(layer, x))
+    assert fast[0].dtype == plain[0].dtype == tf.as_dtype(dtype)
+    np.testing.assert_array_equal(fast[0].numpy(), plain[0].numpy())
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == "float32" else dict(rtol=1e-2, atol=2e-2)
+    for name, a, b in zip(("x", "gamma", "beta"), fast[1:], plain[1:]):
+        assert a.dtype == b.dtype, name
+        np.testing.assert_allclose(
+            tf.cast(a, tf.float32), tf.cast(b, tf.float32), err_msg=name, **tol
+        )

@@ -19,7 +19,7 @@ from keras import ops
 
 from gpt2_tf.model import speed
 from gpt2_tf.model.config import GPT2Config
-from gpt2_tf.model.layers import Block, attention_mask, same_segment
+from gpt2_tf.model.layers import Block, LayerNorm, attention_mask, same_segment
 from gpt2_tf.model.speed import decoding
 
 
@@ -123,9 +123,7 @@ class GPT2Backbone(_Pretrained):
             )
             for i in range(c.n_layer)
         ]
-        self.ln_f = keras.layers.LayerNormalization(
-            epsilon=c.layer_norm_epsilon, name="ln_f", dtype=policy
-        )
+        self.ln_f = LayerNorm(epsilon=c.layer_norm_epsilon, name="ln_f", dtype=policy)
         self(_dummy_inputs())  # build every weight now, so loaders and LoRA find them
 
     def embed(self, token_ids, positions, training=None, token_embeddings=None):
@@ -141,7 +139,7 @@ class GPT2Backbone(_Pretrained):
         x = self.embed(inputs["token_ids"], positions, training, token_embeddings)
         for block in self.blocks:
             x = block(x, mask, training=training)
-        return self.ln_f(x)
+        return self.ln_f(x, training=training)
 
     # ---- incremental decoding -----------------------------------------------------------------
     # The speed path (`speed.decoding`) has the same methods' results through its own kernels.

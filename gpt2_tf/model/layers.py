@@ -40,6 +40,17 @@ class Dense(keras.layers.Dense):
         return super().call(inputs, training=training)
 
 
+@keras.saving.register_keras_serializable(package="gpt2_tf")
+class LayerNorm(keras.layers.LayerNormalization):
+    """Keras `LayerNormalization`. The speed path replaces it in training
+    (`speed.gradients.layer_norm`); variables and names are Keras's."""
+
+    def call(self, inputs, training=None):
+        if speed.enabled() and gradients.layer_norm_applies(self, training):
+            return gradients.layer_norm(self, inputs)
+        return super().call(inputs)
+
+
 def _dense(units: int, name: str, std: float, policy) -> Dense:
     init = keras.initializers.RandomNormal(stddev=std)
     return Dense(units, kernel_initializer=init, name=name, dtype=policy)
@@ -192,11 +203,11 @@ class Block(keras.layers.Layer):
         self.n_embd, self.n_head, self.inner_dim = n_embd, n_head, inner_dim
         self.dropout_rate, self.epsilon, self.proj_std = dropout, epsilon, proj_std
         policy = self.dtype_policy
-        self.ln_1 = keras.layers.LayerNormalization(epsilon=epsilon, name="ln_1", dtype=policy)
+        self.ln_1 = LayerNorm(epsilon=epsilon, name="ln_1", dtype=policy)
         self.attn = CausalSelfAttention(
             n_embd, n_head, dropout, proj_std, name="attn", dtype=policy
         )
-        self.ln_2 = keras.layers.LayerNormalization(epsilon=epsilon, name="ln_2", dtype=policy)
+        self.ln_2 = LayerNorm(epsilon=epsilon, name="ln_2", dtype=policy)
         self.mlp = MLP(n_embd, inner_dim, proj_std, name="mlp", dtype=policy)
         self.resid_dropout = keras.layers.Dropout(dropout, dtype=policy)
 
@@ -206,9 +217,9 @@ class Block(keras.layers.Layer):
 
     def call(self, x, mask, training=None):
         x = x + self.resid_dropout(
-            self.attn(self.ln_1(x), mask, training=training), training=training
+            self.attn(self.ln_1(x, training=training), mask, training=training), training=training
         )
-        return x + self.resid_dropout(self.mlp(self.ln_2(x)), training=training)
+        return x + self.resid_dropout(self.mlp(self.ln_2(x, training=training)), training=training)
 
     def call_with_cache(self, x, mask, cache, index):
         """`call` for decoding: x [B, t, E] at cache slots index..index+t-1 -> (x, cache)."""

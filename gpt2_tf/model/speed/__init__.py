@@ -7,7 +7,7 @@ same computations run through the modules here instead, with the same results (c
 
 - `gradients`: custom-gradient training kernels (tanh-GELU, XLA training GELU, attention that
   recomputes its probabilities, `kernel_matmul` (every Dense product in training), the LoRA
-  Dense's factored forward pass);
+  Dense's factored forward pass, a LayerNorm that recomputes its normalized input);
 - `decoding`: the KV-cache decoding kernels (transposed-kernel products, in-place cache writes,
   each block's work as small XLA programs in the library's decoding loop);
 - `fused_head`: the fused, chunked tied LM head loss (`tied_head_sums`), and the embedding
@@ -32,6 +32,10 @@ at batch 4 x 256, two trainers alternating steps in one process, median of 8):
   [out, in] copy of the kernel instead of oneDNN's transposed product (174 against 217 GFLOP/s
   for c_fc's on an AMD EPYC, Zen 4): 12 blocks' forward and backward at 1,024 tokens 2,939 ->
   2,810 ms, a step 217 -> 235 tokens/s (LoRA 340 -> 356), peak RSS 4,059 -> 3,980 MB.
+- `layer_norm`: autodiff through Keras's LayerNorm keeps a float32 copy of x and x·inv per
+  LayerNorm, 25 of them; peak RSS of a step (`benchmarks.cases train_ours`, AMD EPYC Zen 4)
+  float32 3,775-3,796 -> 3,665-3,674 MB, bfloat16 3,489-3,512 -> 3,462-3,471 MB; two trainers
+  alternating steps, median of 6: float32 4.38 -> 4.35 s, bfloat16 2.65 -> 2.60 s.
 - The LoRA Dense's x·W + s·(x·A)·B: Keras's merged kernel costs a full [in, out] weight-gradient
   product per layer (about 43 GFLOP a step for `c_attn` at 1,024 tokens).
 - `tied_head_sums`: autodiff keeps three [N, 50257] float32 tensors, and TensorFlow's sparse

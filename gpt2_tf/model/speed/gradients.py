@@ -52,6 +52,51 @@ def training_gelu(x):
     return _fused_gelu(x), grad
 
 
+def layer_norm_applies(layer, training) -> bool:
+    """Whether `layer_norm` replaces Keras's LayerNormalization call: in training, for the
+    LayerNorm GPT-2 has (last axis, scale and centre)."""
+    last = list(layer.axis) == [-1]  # as built from Keras's default axis=-1
+    return bool(training) and last and layer.center and layer.scale and not layer.rms_scaling
+
+
+def layer_norm(layer, x):
+    """Keras's LayerNormalization over the last axis, op for op, in float32 whatever x's dtype,
+    with its own gradient: the backward pass recomputes the normalized input from x and the
+    row's mean and 1/std, where autodiff keeps a float32 copy of x and x·inv, two [tokens, E]
+    float32 tensors per LayerNorm."""
+    with no_autocast():
+        gamma, beta = (tf.convert_to_tensor(v.value) for v in (layer.gamma, layer.beta))
+    epsilon = layer.epsilon
+
+    @tf.custom_gradient
+    def norm(x, gamma, beta):
+        xf = tf.cast(x, tf.float32)
+        mean, variance = tf.nn.moments(xf, [-1], keepdims=True)  # Keras's ops.moments
+        rstd = tf.math.rsqrt(variance + epsilon)
+        inv = rstd * gamma
+        y = tf.cast(xf * inv + (-mean * inv + beta), x.dtype)
+
+        def grad(dy):
+            # After dy: Grappler cannot merge this cast with the forward one (which would keep
+            # the float32 copy alive between the passes).
+            with tf.control_dependencies([dy]):
+                xhat = (tf.cast(tf.identity(x), tf.float32) - mean) * rstd
+            dyf = tf.cast(dy, tf.float32)
+            rows = list(range(len(x.shape) - 1))
+            g = dyf * gamma
+            dx = rstd * (
+                g
+                - tf.reduce_mean(g, -1, keepdims=True)
+                - xhat * tf.reduce_mean(g * xhat, -1, keepdims=True)
+            )
+            d_gamma, d_beta = tf.reduce_sum(dyf * xhat, rows), tf.reduce_sum(dyf, rows)
+            return tf.cast(dx, x.dtype), d_gamma, d_beta
+
+        return y, grad
+
+    return norm(x, gamma, beta)
+
+
 def dense_applies(dense, training) -> bool:
     """Whether `dense_call` replaces Keras's Dense call: in training, or with LoRA on."""
     return dense.quantization_mode is None and bool(dense.lora_enabled or training)
