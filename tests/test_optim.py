@@ -1,4 +1,4 @@
-"""The fused AdamW (TensorFlow's ResourceApplyAdam) gives Keras's AdamW results: weights, moments
+"""The fused AdamW (one XLA update per variable) gives Keras's AdamW results: weights, moments
 and step count, with decay on and off and with the decay exclusions (bias, embeddings)."""
 
 import keras
@@ -31,11 +31,13 @@ def _run(opt, variables, steps):
     return [v.numpy() for v in variables]
 
 
+@pytest.mark.parametrize("amsgrad", [False, True])  # the XLA update, and Keras's own ops
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_fused_adamw_matches_keras_adamw(weight_decay):
+def test_fused_adamw_matches_keras_adamw(weight_decay, amsgrad):
     schedule = WarmupSchedule(1e-2, 2, 6, "linear")
-    ours = PreReducedAdamW(learning_rate=schedule, weight_decay=weight_decay, epsilon=1e-8)
-    ref = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay, epsilon=1e-8)
+    kw = dict(learning_rate=schedule, weight_decay=weight_decay, epsilon=1e-8, amsgrad=amsgrad)
+    ours = PreReducedAdamW(**kw)
+    ref = keras.optimizers.AdamW(**kw)
     for opt in (ours, ref):
         opt.exclude_from_weight_decay(var_names=NO_DECAY)
     a, b = _variables(0), _variables(0)

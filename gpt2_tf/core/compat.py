@@ -43,7 +43,7 @@ def no_autocast():
 
 def adam_slots(optimizer, variable):
     """(`_momentums[i]`, `_velocities[i]`) of a Keras Adam/AdamW for `variable`, found by
-    `_get_variable_index`: the fused `ResourceApplyAdam` update writes these slots directly."""
+    `_get_variable_index`: the fused XLA update writes these slots directly."""
     i = optimizer._get_variable_index(variable)
     return optimizer._momentums[i], optimizer._velocities[i]
 
