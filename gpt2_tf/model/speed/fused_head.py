@@ -74,10 +74,11 @@ def tied_head_sums(
 
     @tf.custom_gradient
     def fused(h, t):
-        nll, count, correct, g = _head_chunks(h, t, labels, weights, chunk_rows, True)
+        n = tf.shape(h)[0]
+        nll, count, correct, g, h_padded = _head_chunks(h, t, labels, weights, chunk_rows, True)
 
         def grad(d_nll, d_count, d_correct):
-            return _logit_grad_products(g, h, t, d_nll, table_grad, vocab_split)
+            return _logit_grad_products(g, h_padded, n, t, d_nll, table_grad, vocab_split)
 
         return (nll, count, correct), grad
 
@@ -86,7 +87,8 @@ def tied_head_sums(
 
 def _head_chunks(hidden, table, labels, weights, chunk_rows, logit_grad):
     """(NLL sum, weight sum, correct sum), and with `logit_grad` the [N', V] logit gradients in
-    the compute dtype (N' = N padded to HEAD_ROW_MULTIPLE; padding rows are zero)."""
+    the compute dtype and the hidden states [N', E] (N' = N padded to HEAD_ROW_MULTIPLE with
+    zero rows, whose logit gradients are zero)."""
     w = tf.cast(table, hidden.dtype)  # [V, E]
     n = tf.shape(hidden)[0]
     if logit_grad:
@@ -133,14 +135,13 @@ def _head_chunks(hidden, table, labels, weights, chunk_rows, logit_grad):
         return nll, count, correct
     # concat() of a TensorArray without inferred shapes is of unknown rank, and tf.matmul then
     # makes a BatchMatMulV2, which oneDNN runs far slower than MatMul in bfloat16.
-    return nll, count, correct, tf.ensure_shape(g_rows.concat(), [None, None])
+    return nll, count, correct, tf.ensure_shape(g_rows.concat(), [None, None]), hidden
 
 
-def _logit_grad_products(g, hidden, table, d_nll, table_grad, vocab_split):
-    """The head's gradients (d_hidden [N, E], d_table [V, E] float32 or None) from its logit
-    gradients g [N', V] and the incoming gradient of the NLL sum."""
-    n = tf.shape(hidden)[0]
-    hidden = tf.pad(hidden, [[0, tf.shape(g)[0] - n], [0, 0]])
+def _logit_grad_products(g, hidden, n, table, d_nll, table_grad, vocab_split):
+    """The head's gradients (d_hidden [n, E], d_table [V, E] float32 or None) from its logit
+    gradients g [N', V], the padded hidden states [N', E] and the incoming gradient of the NLL
+    sum."""
     # Made after the incoming gradient: the forward pass's copy, merged with this one, would
     # otherwise live through the whole backward pass.
     with tf.control_dependencies([d_nll]):
