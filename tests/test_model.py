@@ -202,17 +202,19 @@ def test_training_gelu_matches_the_exact_gelu_and_gradient(dtype):
     assert all(a <= 1.01 * b + 1e-6 for a, b in zip(errors["training"], errors["plain"])), errors
 
 
+@pytest.mark.parametrize("keep", [False, True])
 @pytest.mark.parametrize("dtype,rate", [("float32", 0.0), ("float32", 0.3), ("bfloat16", 0.0)])
-def test_recomputed_attention_equals_autodiff(dtype, rate):
-    """gradients.recomputed_attention: the forward pass of softmax_attention, and the gradients
-    autodiff gives it, with a left-padded row (a query with every key masked) and dropout."""
+def test_training_attention_equals_autodiff(dtype, rate, keep):
+    """gradients.training_attention, recomputing its probabilities or keeping them: the forward
+    pass of softmax_attention, and the gradients autodiff gives it, with a left-padded row (a
+    query with every key masked) and dropout."""
     import tensorflow as tf
 
     from gpt2_tf.model.layers import MASK_VALUE, attention_mask, softmax_attention
-    from gpt2_tf.model.speed.gradients import recomputed_attention as recomputed
+    from gpt2_tf.model.speed.gradients import training_attention
 
-    def recomputed_attention(q, k, v, mask, rate, seed):
-        return recomputed(q, k, v, mask, MASK_VALUE, rate, seed)
+    def attention(q, k, v, mask, rate, seed):
+        return training_attention(q, k, v, mask, MASK_VALUE, rate, seed, keep)
 
     rng = np.random.default_rng(0)
     q, k, v, d_out = (
@@ -222,7 +224,7 @@ def test_recomputed_attention_equals_autodiff(dtype, rate):
     mask = attention_mask(padding, 7, 7)
     seed = tf.constant([3, 4], tf.int32)
     results = []
-    for fn in (recomputed_attention, softmax_attention):
+    for fn in (attention, softmax_attention):
         with tf.GradientTape() as tape:
             tape.watch([q, k, v])
             out = fn(q, k, v, mask, rate, seed)
@@ -235,6 +237,38 @@ def test_recomputed_attention_equals_autodiff(dtype, rate):
     tol = 1e-5 if dtype == "float32" else 2e-2
     for name, a, b in zip(("dq", "dk", "dv"), ours[1:], ref[1:]):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max(), err_msg=name)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_bfloat16_training_attention_is_as_accurate_as_autodiff(keep):
+    """In bfloat16, kept probabilities are the bfloat16 copy (autodiff keeps a float32 one
+    too): the gradients' RMS error against float64 stays within 10% of autodiff's."""
+    import tensorflow as tf
+
+    from gpt2_tf.model.layers import MASK_VALUE, attention_mask, softmax_attention
+    from gpt2_tf.model.speed.gradients import training_attention
+
+    rng = np.random.default_rng(1)
+    arrays = [rng.normal(size=(2, 4, 64, 16)) for _ in range(4)]
+    mask = attention_mask(tf.constant([[1] * 64, [0] * 5 + [1] * 59]), 64, 64)
+
+    def grads(fn, dtype):
+        q, k, v, d_out = (tf.constant(a, dtype) for a in arrays)
+        with tf.GradientTape() as tape:
+            tape.watch([q, k, v])
+            out = fn(q, k, v)
+        return [tf.cast(g, tf.float64).numpy() for g in tape.gradient(out, [q, k, v], d_out)]
+
+    def plain(q, k, v):
+        return softmax_attention(q, k, v, mask)
+
+    def ours(q, k, v):
+        return training_attention(q, k, v, mask, MASK_VALUE, keep=keep)
+
+    exact = grads(plain, tf.float64)
+    for name, a, b, e in zip("qkv", grads(ours, tf.bfloat16), grads(plain, tf.bfloat16), exact):
+        rms_ours, rms_plain = (np.sqrt(((x - e) ** 2).mean() / (e**2).mean()) for x in (a, b))
+        assert 0 < rms_ours <= 1.1 * rms_plain, (name, rms_ours, rms_plain)
 
 
 def _product_step(kernels, x, product, activation=None, sums=True):

@@ -78,8 +78,13 @@ def _sums_and_grads(model, x, y, w):
     ]
 
 
+@pytest.mark.parametrize("keep", [True, False])
 @pytest.mark.parametrize("mode", ["full", "lora", "frozen_embedding"])
-def test_lm_losses_and_gradients_match(monkeypatch, mode):
+def test_lm_losses_and_gradients_match(monkeypatch, mode, keep):
+    """Both ways of training attention: keeping its probabilities (what this tiny config at 12
+    tokens does by default) and recomputing them."""
+    assert gradients.keeps_attention_probabilities(CONFIG.n_head, 12, CONFIG.n_embd)
+    monkeypatch.setattr(gradients, "keeps_attention_probabilities", lambda *args: keep)
     model, (x, y, w) = _model(mode), _batch()
     (fast_sums, fast_grads), (plain_sums, plain_grads) = (
         _with_path(monkeypatch, p, lambda: _sums_and_grads(model, x, y, w)) for p in (False, True)
@@ -103,6 +108,37 @@ def test_lm_losses_and_gradients_match(monkeypatch, mode):
         for p in (False, True)
     )
     np.testing.assert_allclose(fast_eval, plain_eval, **TOL)
+
+
+def test_attention_keeps_probabilities_when_they_are_no_bigger_than_the_mlp_activation():
+    """GPT-2 124M (12 heads, 768 wide) keeps them up to 256 tokens; a length unknown when
+    traced (a None dimension) recomputes them."""
+    rule = gradients.keeps_attention_probabilities
+    assert rule(12, 256, 768) and rule(12, 64, 768) and rule(25, 256, 1600)
+    assert not rule(12, 257, 768) and not rule(12, 1024, 768) and not rule(12, None, 768)
+
+
+def _softmax_ops(model, length):
+    """Softmax ops in the traced graph of an LM training step at `length` tokens."""
+    ids = tf.zeros((2, length), tf.int32)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            x = {"token_ids": ids, "padding_mask": tf.ones_like(ids)}
+            loss = losses.lm_target_sums(model, x, ids, tf.ones((2, length)), True)[0]
+        return tape.gradient(loss, model.trainable_variables)
+
+    graph = step.get_concrete_function().graph
+    return sum(op.type == "Softmax" for op in graph.get_operations())
+
+
+def test_the_training_step_recomputes_attention_probabilities_only_past_the_rule():
+    """The tiny model (4 heads, 64 wide) keeps them up to 64 tokens: one softmax a layer in
+    its training step at 64 tokens, one more a layer (the backward pass's) at 65."""
+    model = _model()
+    kept, recomputed = _softmax_ops(model, 64), _softmax_ops(model, 65)
+    assert kept >= CONFIG.n_layer and recomputed - kept == CONFIG.n_layer, (kept, recomputed)
 
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
@@ -180,7 +216,7 @@ def test_the_switch_selects_the_path(monkeypatch, plain):
     for module, name in (
         (gradients, "dense_call"),
         (gradients, "layer_norm"),
-        (gradients, "recomputed_attention"),
+        (gradients, "training_attention"),
         (gradients, "training_gelu"),
         (fused_head, "tied_head_sums"),
         (decoding, "call_with_cache"),
@@ -200,7 +236,7 @@ def test_the_switch_selects_the_path(monkeypatch, plain):
         assert set(counts) == {
             "dense_call",
             "layer_norm",
-            "recomputed_attention",
+            "training_attention",
             "training_gelu",
             "tied_head_sums",
             "call_with_cache",

@@ -6,7 +6,7 @@ same computations run through the modules here instead, with the same results (c
 `tests/test_speed_paths.py`):
 
 - `gradients`: custom-gradient training kernels (tanh-GELU, XLA training GELU, attention that
-  recomputes its probabilities, `kernel_matmul` (every Dense product in training), the LoRA
+  keeps or recomputes its probabilities, `kernel_matmul` (every Dense product in training), the LoRA
   Dense's factored forward pass, a LayerNorm that recomputes its normalized input);
 - `decoding`: the KV-cache decoding kernels (transposed-kernel products, in-place cache writes,
   each block's work as small XLA programs in the library's decoding loop);
@@ -24,8 +24,14 @@ at batch 4 x 256, two trainers alternating steps in one process, median of 8):
 - `training_gelu` (XLA, float32 inside): op time at [1,024, 3,072] bfloat16, forward 11.5-14 ->
   8 ms, gradient 20-22 -> 9 ms (XLA's own bfloat16 arithmetic was slower: 19 and 33 ms). A step:
   bfloat16 3.44 -> 3.04 s, LoRA bfloat16 2.57 -> 2.20 s, float32 6.53 -> 6.12 s.
-- `recomputed_attention`: autodiff keeps each layer's float32 softmax and its bfloat16 copy,
-  12.6 + 6.3 MB a layer, about 230 MB over 12 blocks; recomputing is under 1% of a step's FLOPs.
+- `training_attention`: autodiff keeps each layer's float32 softmax and its bfloat16 copy,
+  12.6 + 6.3 MB a layer, about 230 MB over 12 blocks. It keeps the compute-dtype probabilities
+  alone where `keeps_attention_probabilities` (a token's share no bigger than its MLP
+  activation: 124M up to 256 tokens), and recomputes them past that (the QKᵀ product, the
+  mask and the softmax again: a seventh of the attention products). Keeping them at 256
+  tokens, against recomputing (AMD EPYC Zen 4, median of 8-12): LoRA float32 2.99 -> 2.90 s,
+  LoRA bfloat16 1.85 -> 1.82 s, float32 4.39 -> 4.31 s, bfloat16 2.62 -> 2.59 s; peak RSS
+  (`benchmarks.cases train_ours`) bfloat16 3,365 -> 3,437 MB, float32 3,592 -> 3,743 MB.
 - `kernel_matmul`: autodiff keeps every layer's bfloat16 kernel copy between the passes, 162 MB
   at the step's allocation peak; peak RSS of `make bench` 3,727-3,733 -> 3,605-3,653 MB, for a
   bfloat16 step of 3.22 -> 3.27 s. In float32, the input gradient of c_attn and c_fc from a

@@ -183,23 +183,44 @@ def _softmax_attention(q, k, v, mask, mask_value, rate, seed):
     return tf.matmul(probs, v), q, probs32, probs
 
 
-def recomputed_attention(q, k, v, mask, mask_value, rate=0.0, seed=None):
-    """`layers.softmax_attention` whose backward pass recomputes the [B, H, T, T] probabilities
-    from q and k instead of keeping them; dropout's mask is recomputed from the same stateless
-    seed. `mask_value` is the plain layer's `MASK_VALUE`."""
+def keeps_attention_probabilities(heads: int, length, n_embd: int) -> bool:
+    """Whether training attention keeps its probabilities for the backward pass rather than
+    recomputing them: when a token's share of them (heads x length values) is no larger than
+    its MLP hidden activation (4 x n_embd, which the step keeps anyway), so that keeping them
+    costs at most that much again. GPT-2 124M at 256 tokens keeps them (12.6 MB a layer at
+    batch 4 in float32, half in bfloat16); at 512 tokens, or with a length unknown when traced,
+    it recomputes them."""
+    return isinstance(length, int) and heads * length <= 4 * n_embd
+
+
+def training_attention(q, k, v, mask, mask_value, rate=0.0, seed=None, keep=False):
+    """`layers.softmax_attention` for training, with its own gradient. With `keep` off, the
+    backward pass recomputes the [B, H, T, T] probabilities from q and k instead of keeping
+    them; dropout's mask is recomputed from the same stateless seed. With `keep` on (and no
+    dropout) it keeps the probabilities in the compute dtype alone, the copy the forward pass
+    multiplies v by: under mixed precision the softmax's gradient then reads them rounded to
+    bfloat16, as it reads the bfloat16 product d_out·vᵀ, where autodiff keeps a float32 copy
+    too. `mask_value` is the plain layer's `MASK_VALUE`."""
 
     @tf.custom_gradient
     def attend(q, k, v):
-        out = _softmax_attention(q, k, v, mask, mask_value, rate, seed)[0]
+        kept = _softmax_attention(q, k, v, mask, mask_value, rate, seed)
 
         def grad(d_out):
-            # The dependency on d_out keeps Grappler from merging the recomputation with the
-            # forward pass's identical ops (which would keep their outputs alive after all).
+            # Made after d_out: Grappler cannot merge these with the forward pass's identical
+            # ops (the recomputation, the cast), which would keep their outputs alive after all.
             with tf.control_dependencies([d_out]):
                 q_again = tf.identity(q)
-            _, q_scaled, probs32, probs = _softmax_attention(
-                q_again, k, v, mask, mask_value, rate, seed
-            )
+            if not keep:
+                _, q_scaled, probs32, probs = _softmax_attention(
+                    q_again, k, v, mask, mask_value, rate, seed
+                )
+            else:  # q scaled again too: one [B, H, T, D] multiply, where keeping it costs q's size
+                q_scaled = q_again * tf.cast(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+                _, _, probs32, probs = kept
+                if rate == 0:  # the compute-dtype probabilities alone (in float32, the same)
+                    with tf.control_dependencies([d_out]):
+                        probs32 = tf.cast(tf.identity(probs), tf.float32)
             d_v = tf.matmul(probs, d_out, transpose_a=True)
             d_probs = tf.matmul(d_out, v, transpose_b=True)
             if rate > 0:  # dropout's gradient is dropout with the same mask
@@ -211,6 +232,6 @@ def recomputed_attention(q, k, v, mask, mask_value, rate=0.0, seed=None):
             d_q = tf.matmul(d_scores, k) * tf.cast(1.0 / math.sqrt(q.shape[-1]), q.dtype)
             return d_q, tf.matmul(d_scores, q_scaled, transpose_a=True), d_v
 
-        return out, grad
+        return kept[0], grad
 
     return attend(q, k, v)
