@@ -340,6 +340,37 @@ def test_kernel_matmul_same_outputs_and_gradients_as_autodiff():
 
     dx, d_fixed = frozen()
     assert dx.dtype == tf.bfloat16 and d_fixed is None
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf.tensordot(x, tf.cast(fixed, x.dtype), 1)
+    np.testing.assert_array_equal(dx.numpy(), tape.gradient(y, x).numpy())
+
+
+def test_kernel_matmul_keeps_a_frozen_kernels_copy_for_the_backward_pass():
+    """A frozen kernel (LoRA) has one bfloat16 copy a step, used by the forward product and by
+    the input gradient's, as under autodiff (and PyTorch's autocast): no second cast."""
+    import tensorflow as tf
+
+    from gpt2_tf.model.speed.gradients import kernel_matmul
+
+    rng = np.random.default_rng(2)
+    frozen = [
+        keras.Variable(rng.normal(size=(64, 64)) * 0.1, dtype="float32", trainable=False)
+        for _ in range(3)
+    ]
+    x = tf.cast(tf.constant(rng.normal(size=(2, 4, 64)), tf.float32), tf.bfloat16)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            h = x
+            for k in frozen:
+                h = kernel_matmul(h, k)
+            loss = tf.reduce_sum(tf.cast(h, tf.float32) ** 2)
+        return tape.gradient(loss, x)
+
+    assert _kernel_cast_consumers(_grappler_optimized(step)) == [2] * 3
 
 
 def _grappler_optimized(fn):

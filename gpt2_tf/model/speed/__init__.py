@@ -42,6 +42,9 @@ at batch 4 x 256, two trainers alternating steps in one process, median of 8):
   LayerNorm, 25 of them; peak RSS of a step (`benchmarks.cases train_ours`, AMD EPYC Zen 4)
   float32 3,775-3,796 -> 3,665-3,674 MB, bfloat16 3,489-3,512 -> 3,462-3,471 MB; two trainers
   alternating steps, median of 6: float32 4.38 -> 4.35 s, bfloat16 2.65 -> 2.60 s.
+- A frozen kernel's (LoRA's) compute-dtype copy is the one exception `kernel_matmul` keeps for
+  the backward pass, as PyTorch's autograd does under autocast: LoRA bfloat16 step 1.76 ->
+  1.74 s (median of 14, two trainers alternating), peak RSS 2,079 -> 2,205 MB (HF 2,370).
 - The LoRA Dense's x·W + s·(x·A)·B: Keras's merged kernel costs a full [in, out] weight-gradient
   product per layer (about 43 GFLOP a step for `c_attn` at 1,024 tokens).
 - `tied_head_sums`: autodiff keeps three [N, 50257] float32 tensors, and TensorFlow's sparse

@@ -120,10 +120,10 @@ def dense_call(dense, inputs, training=None):
 
 def kernel_matmul(x, kernel):
     """x [..., in] (compute dtype) @ kernel [in, out] (a float32 variable) for training, with its
-    own gradient: under mixed precision the backward pass casts the kernel again instead of
-    keeping the forward pass's copy; the input's gradient takes the kernel transposed first where
-    that product is faster (`_transpose_for_input_grad`); a frozen kernel (LoRA) gets no gradient
-    product."""
+    own gradient: under mixed precision the backward pass casts a trainable kernel again instead
+    of keeping the forward pass's copy (a frozen one's copy is kept); the input's gradient takes
+    the kernel transposed first where that product is faster (`_transpose_for_input_grad`); a
+    frozen kernel (LoRA) gets no gradient product."""
     # Under an autocast scope `kernel.value` would be the cast, which autodiff keeps.
     with no_autocast():
         table = tf.convert_to_tensor(kernel.value)
@@ -133,9 +133,15 @@ def kernel_matmul(x, kernel):
     def product(x, table):
         shape = tf.shape(x)
         x2 = tf.reshape(x, (-1, shape[-1]))
+        w_forward = tf.cast(table, x.dtype)
 
         def grad(dy):
             dy2 = tf.reshape(dy, (-1, tf.shape(dy)[-1]))
+            if not trainable and w_forward.dtype != table.dtype:
+                # A frozen kernel (LoRA) keeps the forward pass's compute-dtype copy, as
+                # PyTorch's autograd does under autocast: the step holds no gradient or
+                # optimizer state for it, and casting it again cost a second pass over it.
+                return tf.reshape(tf.matmul(dy2, w_forward, transpose_b=True), shape), None
             # Made after dy: Grappler cannot merge the cast with the forward one (the same op on
             # the same input), which would keep that copy alive between the passes, and the
             # executor cannot make every layer's transposed copy early (in float32 the cast is
@@ -152,9 +158,7 @@ def kernel_matmul(x, kernel):
                 return dx, None
             return dx, tf.cast(tf.matmul(x2, dy2, transpose_a=True), table.dtype)
 
-        y = tf.reshape(
-            tf.matmul(x2, tf.cast(table, x.dtype)), tf.concat([shape[:-1], tf.shape(table)[1:]], 0)
-        )
+        y = tf.reshape(tf.matmul(x2, w_forward), tf.concat([shape[:-1], tf.shape(table)[1:]], 0))
         y.set_shape(x.shape[:-1].concatenate(table.shape[1:]))
         return y, grad
 
