@@ -111,11 +111,14 @@ def test_lm_losses_and_gradients_match(monkeypatch, mode, keep):
 
 
 def test_attention_keeps_probabilities_when_they_are_no_bigger_than_the_mlp_activation():
-    """GPT-2 124M (12 heads, 768 wide) keeps them up to 256 tokens; a length unknown when
-    traced (a None dimension) recomputes them."""
+    """GPT-2 124M (12 heads, 768 wide) keeps its float32 probabilities up to 256 tokens in
+    float32 and up to 128 under mixed bfloat16 (an MLP activation of half the bytes); a length
+    unknown when traced (a None dimension) recomputes them."""
     rule = gradients.keeps_attention_probabilities
     assert rule(12, 256, 768) and rule(12, 64, 768) and rule(25, 256, 1600)
     assert not rule(12, 257, 768) and not rule(12, 1024, 768) and not rule(12, None, 768)
+    assert rule(12, 128, 768, "bfloat16") and not rule(12, 129, 768, "bfloat16")
+    assert not rule(12, 256, 768, tf.bfloat16)
 
 
 def _softmax_ops(model, length):

@@ -125,7 +125,9 @@ class CausalSelfAttention(keras.layers.Layer):
                 seed = self.attn_dropout.seed_generator.next()
                 seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
             if speed.enabled():
-                keep = gradients.keeps_attention_probabilities(self.n_head, q.shape[2], self.n_embd)
+                keep = gradients.keeps_attention_probabilities(
+                    self.n_head, q.shape[2], self.n_embd, q.dtype
+                )
                 args = (q, k, v, mask, MASK_VALUE, self.dropout_rate, seed, keep)
                 out = gradients.training_attention(*args)
             else:

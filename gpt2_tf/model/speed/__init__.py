@@ -25,13 +25,15 @@ at batch 4 x 256, two trainers alternating steps in one process, median of 8):
   8 ms, gradient 20-22 -> 9 ms (XLA's own bfloat16 arithmetic was slower: 19 and 33 ms). A step:
   bfloat16 3.44 -> 3.04 s, LoRA bfloat16 2.57 -> 2.20 s, float32 6.53 -> 6.12 s.
 - `training_attention`: autodiff keeps each layer's float32 softmax and its bfloat16 copy,
-  12.6 + 6.3 MB a layer, about 230 MB over 12 blocks. It keeps the compute-dtype probabilities
-  alone where `keeps_attention_probabilities` (a token's share no bigger than its MLP
-  activation: 124M up to 256 tokens), and recomputes them past that (the QKᵀ product, the
-  mask and the softmax again: a seventh of the attention products). Keeping them at 256
-  tokens, against recomputing (AMD EPYC Zen 4, median of 8-12): LoRA float32 2.99 -> 2.90 s,
-  LoRA bfloat16 1.85 -> 1.82 s, float32 4.39 -> 4.31 s, bfloat16 2.62 -> 2.59 s; peak RSS
-  (`benchmarks.cases train_ours`) bfloat16 3,365 -> 3,437 MB, float32 3,592 -> 3,743 MB.
+  12.6 + 6.3 MB a layer, about 230 MB over 12 blocks. It keeps the float32 probabilities alone
+  where `keeps_attention_probabilities` (a token's share takes no more bytes than its MLP
+  activation: 124M up to 256 tokens in float32, 128 under mixed bfloat16), and recomputes them
+  past that (the QKᵀ product, the mask and the softmax again: a seventh of the attention
+  products). Keeping them at 256 tokens in float32, against recomputing (AMD EPYC Zen 4, two
+  trainers alternating steps, median of 8-10): LoRA 2.99 -> 2.90 s, full 4.39 -> 4.31 s; peak
+  RSS 3,592 -> 3,743 MB (HF's 4,064 in `make bench`). Keeping only the bfloat16 copy at 256
+  tokens was 1-3% faster under mixed precision, but took full training's peak RSS from 3,365
+  to 3,439 MB, over HF's 3,421, and made the softmax's gradient read rounded probabilities.
 - `kernel_matmul`: autodiff keeps every layer's bfloat16 kernel copy between the passes, 162 MB
   at the step's allocation peak; peak RSS of `make bench` 3,727-3,733 -> 3,605-3,653 MB, for a
   bfloat16 step of 3.22 -> 3.27 s. In float32, the input gradient of c_attn and c_fc from a

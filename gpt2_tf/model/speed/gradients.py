@@ -187,24 +187,25 @@ def _softmax_attention(q, k, v, mask, mask_value, rate, seed):
     return tf.matmul(probs, v), q, probs32, probs
 
 
-def keeps_attention_probabilities(heads: int, length, n_embd: int) -> bool:
-    """Whether training attention keeps its probabilities for the backward pass rather than
-    recomputing them: when a token's share of them (heads x length values) is no larger than
-    its MLP hidden activation (4 x n_embd, which the step keeps anyway), so that keeping them
-    costs at most that much again. GPT-2 124M at 256 tokens keeps them (12.6 MB a layer at
-    batch 4 in float32, half in bfloat16); at 512 tokens, or with a length unknown when traced,
-    it recomputes them."""
-    return isinstance(length, int) and heads * length <= 4 * n_embd
+def keeps_attention_probabilities(heads: int, length, n_embd: int, dtype="float32") -> bool:
+    """Whether training attention keeps its float32 probabilities (what the softmax's gradient
+    reads, as under autodiff) for the backward pass rather than recomputing them: when a
+    token's share of them (heads x length float32 values) takes no more bytes than its MLP
+    hidden activation (4 x n_embd in the compute `dtype`, which the step keeps anyway), so that
+    keeping them costs at most that much again. GPT-2 124M keeps them up to 256 tokens in
+    float32 (12.6 MB a layer at batch 4) and up to 128 under mixed bfloat16; past that, or with
+    a length unknown when traced, it recomputes them."""
+    if not isinstance(length, int):
+        return False
+    return heads * length * 4 <= 4 * n_embd * tf.as_dtype(dtype).size
 
 
 def training_attention(q, k, v, mask, mask_value, rate=0.0, seed=None, keep=False):
     """`layers.softmax_attention` for training, with its own gradient. With `keep` off, the
     backward pass recomputes the [B, H, T, T] probabilities from q and k instead of keeping
     them; dropout's mask is recomputed from the same stateless seed. With `keep` on (and no
-    dropout) it keeps the probabilities in the compute dtype alone, the copy the forward pass
-    multiplies v by: under mixed precision the softmax's gradient then reads them rounded to
-    bfloat16, as it reads the bfloat16 product d_out·vᵀ, where autodiff keeps a float32 copy
-    too. `mask_value` is the plain layer's `MASK_VALUE`."""
+    dropout) it keeps the float32 probabilities alone; under mixed precision their
+    compute-dtype copy is cast again. `mask_value` is the plain layer's `MASK_VALUE`."""
 
     @tf.custom_gradient
     def attend(q, k, v):
@@ -222,9 +223,11 @@ def training_attention(q, k, v, mask, mask_value, rate=0.0, seed=None, keep=Fals
             else:  # q scaled again too: one [B, H, T, D] multiply, where keeping it costs q's size
                 q_scaled = q_again * tf.cast(1.0 / math.sqrt(q.shape[-1]), q.dtype)
                 _, _, probs32, probs = kept
-                if rate == 0:  # the compute-dtype probabilities alone (in float32, the same)
+                if rate == 0 and q.dtype != tf.float32:
+                    # After d_out, and from a copy Grappler cannot trace back: it would merge
+                    # this cast with the forward pass's and keep both copies alive.
                     with tf.control_dependencies([d_out]):
-                        probs32 = tf.cast(tf.identity(probs), tf.float32)
+                        probs = tf.cast(tf.identity(probs32), q.dtype)
             d_v = tf.matmul(probs, d_out, transpose_a=True)
             d_probs = tf.matmul(d_out, v, transpose_b=True)
             if rate > 0:  # dropout's gradient is dropout with the same mask
