@@ -327,17 +327,7 @@ def test_kernel_matmul_keeps_a_frozen_kernels_copy_for_the_backward_pass():
         for _ in range(3)
     ]
     x = tf.cast(tf.constant(rng.normal(size=(2, 4, 64)), tf.float32), tf.bfloat16)
-
-    @tf.function
-    def step():
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            h = x
-            for k in frozen:
-                h = kernel_matmul(h, k)
-            loss = tf.reduce_sum(tf.cast(h, tf.float32) ** 2)
-        return tape.gradient(loss, x)
-
+    step = _product_step(frozen, x, kernel_matmul, sums=False)  # dx, no kernel gradient
     assert _kernel_cast_consumers(_grappler_optimized(step)) == [2] * 3
 
 
