@@ -118,7 +118,8 @@ class PreReducedAdamW(keras.optimizers.AdamW):
         after = [self._previous] if chain else []
         with tf.control_dependencies(after):
             if self.amsgrad or not hasattr(var, "handle") or var.dtype != tf.float32:
-                gradient = gradient * tf.cast(factor, gradient.dtype)
+                if self._factor is not None:
+                    gradient = gradient * tf.cast(factor, gradient.dtype)
                 if decays:  # Keras's own ops, in its order: the decay, then the Adam step
                     var.assign_sub(var * tf.cast(learning_rate * self.weight_decay, var.dtype))
                 return super().update_step(gradient, variable, learning_rate)

@@ -137,17 +137,14 @@ def kernel_matmul(x, kernel):
 
         def grad(dy):
             dy2 = tf.reshape(dy, (-1, tf.shape(dy)[-1]))
-            if not trainable and w_forward.dtype != table.dtype:
-                # A frozen kernel (LoRA) keeps the forward pass's compute-dtype copy, as
-                # PyTorch's autograd does under autocast: the step holds no gradient or
-                # optimizer state for it, and casting it again cost a second pass over it.
-                return tf.reshape(tf.matmul(dy2, w_forward, transpose_b=True), shape), None
             # Made after dy: Grappler cannot merge the cast with the forward one (the same op on
             # the same input), which would keep that copy alive between the passes, and the
             # executor cannot make every layer's transposed copy early (in float32 the cast is
-            # no op, and the copies depend on the kernel alone).
+            # no op, and the copies depend on the kernel alone). A frozen kernel (LoRA) keeps
+            # the forward pass's copy, as PyTorch's autograd does under autocast: the step holds
+            # no gradient or optimizer state for it, and casting it again cost a second pass.
             with tf.control_dependencies([dy]):
-                w = tf.cast(table, dy.dtype)
+                w = w_forward if not trainable else tf.cast(table, dy.dtype)
                 if _transpose_for_input_grad(w):
                     # Snapshot: otherwise Grappler folds the transpose back into the product.
                     dx = tf.matmul(dy2, tf.raw_ops.Snapshot(input=tf.transpose(w)))
@@ -207,6 +204,8 @@ def training_attention(q, k, v, mask, mask_value, rate=0.0, seed=None, keep=Fals
     dropout) it keeps the float32 probabilities alone; under mixed precision their
     compute-dtype copy is cast again. `mask_value` is the plain layer's `MASK_VALUE`."""
 
+    scale = tf.cast(1.0 / math.sqrt(q.shape[-1]), q.dtype)  # as `_softmax_attention`'s
+
     @tf.custom_gradient
     def attend(q, k, v):
         kept = _softmax_attention(q, k, v, mask, mask_value, rate, seed)
@@ -221,7 +220,7 @@ def training_attention(q, k, v, mask, mask_value, rate=0.0, seed=None, keep=Fals
                     q_again, k, v, mask, mask_value, rate, seed
                 )
             else:  # q scaled again too: one [B, H, T, D] multiply, where keeping it costs q's size
-                q_scaled = q_again * tf.cast(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+                q_scaled = q_again * scale
                 _, _, probs32, probs = kept
                 if rate == 0 and q.dtype != tf.float32:
                     # After d_out, and from a copy Grappler cannot trace back: it would merge
@@ -236,7 +235,7 @@ def training_attention(q, k, v, mask, mask_value, rate=0.0, seed=None, keep=Fals
             # The softmax's gradient (TensorFlow's SoftmaxGrad); masked scores get none.
             d_scores = probs32 * (d_probs - tf.reduce_sum(d_probs * probs32, -1, keepdims=True))
             d_scores = tf.cast(tf.where(mask, d_scores, 0.0), q.dtype)
-            d_q = tf.matmul(d_scores, k) * tf.cast(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+            d_q = tf.matmul(d_scores, k) * scale
             return d_q, tf.matmul(d_scores, q_scaled, transpose_a=True), d_v
 
         return kept[0], grad
