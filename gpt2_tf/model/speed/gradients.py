@@ -104,39 +104,54 @@ def dense_applies(dense, training) -> bool:
 
 def dense_call(dense, inputs, training=None):
     """Keras's Dense with x·W + (alpha/r)·(x·A)·B for LoRA (the frozen kernel gets no gradient;
-    A and B get theirs from [N, r]-sized products), and `kernel_matmul` for the kernel product in
-    training."""
+    A and B get theirs from [N, r]-sized products), and `kernel_matmul` for the kernel product
+    and the bias in training."""
     kernel = kernel_variable(dense)
-    x = kernel_matmul(inputs, kernel) if training else ops.matmul(inputs, kernel)
+    if training:
+        x = kernel_matmul(inputs, kernel, dense.bias)
+    else:
+        x = ops.matmul(inputs, kernel)
     if dense.lora_enabled:
         scale = ops.cast(dense.lora_alpha / dense.lora_rank, dense.compute_dtype)
         x = x + ops.matmul(ops.matmul(inputs, dense.lora_kernel_a) * scale, dense.lora_kernel_b)
-    if dense.bias is not None:
+    if dense.bias is not None and not training:
         x = ops.add(x, dense.bias)
     if dense.activation is not None:
         x = dense.activation(x)
     return x
 
 
-def kernel_matmul(x, kernel):
-    """x [..., in] (compute dtype) @ kernel [in, out] (a float32 variable) for training, with its
-    own gradient: under mixed precision the backward pass casts a trainable kernel again instead
-    of keeping the forward pass's copy (a frozen one's copy is kept); the input's gradient takes
-    the kernel transposed first where that product is faster (`_transpose_for_input_grad`); a
-    frozen kernel (LoRA) gets no gradient product."""
+def kernel_matmul(x, kernel, bias=None):
+    """x [..., in] (compute dtype) @ kernel [in, out] (a float32 variable) + bias [out] (a
+    float32 variable or None) for training, with its own gradient: under mixed precision the
+    backward pass casts a trainable kernel again instead of keeping the forward pass's copy (a
+    frozen one's copy is kept); the input's gradient takes the kernel transposed first where
+    that product is faster (`_transpose_for_input_grad`); a frozen kernel (LoRA) gets no
+    gradient product.
+
+    The bias is added to the [rows, out] product, where Grappler fuses the two into one oneDNN
+    kernel (Keras adds it after the reshape, a pass of its own), and its gradient is summed in
+    float32: TensorFlow's BiasAddGrad sums a bfloat16 gradient in bfloat16, so under Keras's
+    Dense 1,024 rows of 1.0 give 256, not 1,024."""
     # Under an autocast scope `kernel.value` would be the cast, which autodiff keeps.
     with no_autocast():
         table = tf.convert_to_tensor(kernel.value)
+        biases = [] if bias is None else [tf.convert_to_tensor(bias.value)]
     trainable = kernel.trainable
+    bias_trainable = bias is not None and bias.trainable
 
     @tf.custom_gradient
-    def product(x, table):
+    def product(x, table, *biases):
         shape = tf.shape(x)
         x2 = tf.reshape(x, (-1, shape[-1]))
         w_forward = tf.cast(table, x.dtype)
 
         def grad(dy):
             dy2 = tf.reshape(dy, (-1, tf.shape(dy)[-1]))
+            d_bias = []
+            if biases:
+                total = tf.reduce_sum(tf.cast(dy2, tf.float32), 0) if bias_trainable else None
+                d_bias = [total]
             # Made after dy: Grappler cannot merge the cast with the forward one (the same op on
             # the same input), which would keep that copy alive between the passes, and the
             # executor cannot make every layer's transposed copy early (in float32 the cast is
@@ -152,14 +167,17 @@ def kernel_matmul(x, kernel):
                     dx = tf.matmul(dy2, w, transpose_b=True)
             dx = tf.reshape(dx, shape)
             if not trainable:
-                return dx, None
-            return dx, tf.cast(tf.matmul(x2, dy2, transpose_a=True), table.dtype)
+                return [dx, None, *d_bias]
+            return [dx, tf.cast(tf.matmul(x2, dy2, transpose_a=True), table.dtype), *d_bias]
 
-        y = tf.reshape(tf.matmul(x2, w_forward), tf.concat([shape[:-1], tf.shape(table)[1:]], 0))
+        y = tf.matmul(x2, w_forward)
+        if biases:
+            y = tf.nn.bias_add(y, tf.cast(biases[0], x.dtype))
+        y = tf.reshape(y, tf.concat([shape[:-1], tf.shape(table)[1:]], 0))
         y.set_shape(x.shape[:-1].concatenate(table.shape[1:]))
         return y, grad
 
-    return product(x, table)
+    return product(x, table, *biases)
 
 
 def _transpose_for_input_grad(w) -> bool:
