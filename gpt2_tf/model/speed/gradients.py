@@ -246,13 +246,19 @@ def training_attention(q, k, v, mask, mask_value, rate=0.0, seed=None, keep=Fals
                     with tf.control_dependencies([d_out]):
                         probs = tf.cast(tf.identity(probs32), q.dtype)
             d_v = tf.matmul(probs, d_out, transpose_a=True)
-            d_probs = tf.matmul(d_out, v, transpose_b=True)
+            # Masked scores get no gradient. Where a query sees some key, its masked
+            # probabilities are exactly 0 (exp(MASK_VALUE - its top score) underflows), and so
+            # are their gradients below; a query that sees none (a uniform softmax over masked
+            # scores: leading or packed padding) gets a zero d_out row here. Cheaper than a
+            # select over the [B, H, T, T] gradient: d_out is T / D times smaller.
+            sees_a_key = tf.cast(tf.reduce_any(mask, -1, keepdims=True), d_out.dtype)
+            d_probs = tf.matmul(d_out * sees_a_key, v, transpose_b=True)
             if rate > 0:  # dropout's gradient is dropout with the same mask
                 d_probs = tf.nn.experimental.stateless_dropout(d_probs, rate=rate, seed=seed)
             d_probs = tf.cast(d_probs, tf.float32)
-            # The softmax's gradient (TensorFlow's SoftmaxGrad); masked scores get none.
+            # The softmax's gradient (TensorFlow's SoftmaxGrad).
             d_scores = probs32 * (d_probs - tf.reduce_sum(d_probs * probs32, -1, keepdims=True))
-            d_scores = tf.cast(tf.where(mask, d_scores, 0.0), q.dtype)
+            d_scores = tf.cast(d_scores, q.dtype)
             d_q = tf.matmul(d_scores, k) * scale
             return d_q, tf.matmul(d_scores, q_scaled, transpose_a=True), d_v
 
