@@ -49,11 +49,12 @@ at batch 4 x 256, two trainers alternating steps in one process, median of 8):
   exactly 0, and so their gradients): SelectV2 in a full step 20.5 -> 11.4 ms in float32,
   38 -> 23 ms in bfloat16, with no other op type growing by more than 1 ms.
 - `kernel_matmul` adds the bias to its [rows, out] product, where Grappler fuses the two into one
-  oneDNN kernel, and sums the bias gradient in float32. Keras's Dense adds it with `bias_add`,
-  and TensorFlow's BiasAddGrad sums a bfloat16 gradient in bfloat16: over 1,024 rows of 1.0 it
-  gave 256. Full bfloat16 step (AMD EPYC Zen 4): BiasAdd 20 ms and BiasAddGrad 33-43 ms became
-  float32 sums of 14 ms; two trainers alternating steps, median of 10: 2.74 -> 2.66 s (float32,
-  median of 8: 4.49 -> 4.35 s).
+  oneDNN kernel, and its bias gradient is a `Sum` (float32 accumulation, one rounding). Keras's
+  Dense adds it with `bias_add`, and TensorFlow's BiasAddGrad sums a bfloat16 gradient in
+  bfloat16: over 1,024 rows of 1.0 it gave 256. Full bfloat16 step (AMD EPYC Zen 4): BiasAdd
+  20 ms and BiasAddGrad 33-43 ms became float32 sums of 14 ms (10 ms as a bfloat16 `Sum`); two
+  trainers alternating steps, median of 10: 2.74 -> 2.66 s (float32, median of 8: 4.49 ->
+  4.35 s).
 - A frozen kernel's (LoRA's) compute-dtype copy is the one exception `kernel_matmul` keeps for
   the backward pass, as PyTorch's autograd does under autocast: LoRA bfloat16 step 1.76 ->
   1.74 s (median of 14, two trainers alternating), peak RSS 2,079 -> 2,205 MB (HF 2,370).
@@ -64,7 +65,9 @@ at batch 4 x 256, two trainers alternating steps in one process, median of 8):
   XLA chunk kernel: 85-95 -> 50-55 ms a 512-row bfloat16 chunk, temporaries about 440 -> 200 MB, a
   bfloat16 step 3.37 -> 3.20 s. The hidden-state gradient in 8,192-entry vocabulary slices:
   oneDNN ran the single product at 210-320 GFLOP/s on the AMX machine of issue 7, the slices at
-  410-425 (330-380 -> about 190 ms at 1,024 x 50,257 x 768); a rank-unknown BatchMatMulV2 ran at
+  410-425 (330-380 -> about 190 ms at 1,024 x 50,257 x 768), so they run where oneDNN has AMX;
+  on an AMD EPYC (Zen 4, AVX512-BF16) the single product ran at 385 GFLOP/s, the slices with
+  their copies at 372; a rank-unknown BatchMatMulV2 ran at
   40% of MatMul's speed (490 of a 3,150 ms step).
 - `tied_lookup`: autodiff made the lookup's row gradient a dense [V, E] float32 tensor and added
   the head's to it, three 147 MB buffers at the step's allocation peak; peak RSS of a step

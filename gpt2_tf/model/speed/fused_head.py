@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from gpt2_tf.core import hardware
 from gpt2_tf.core.compat import no_autocast
 
 # Rows of the [rows, vocab] logits the fused head holds at once: 512 x 50257 float32 is 103 MB.
@@ -186,6 +187,11 @@ def _chunk_nll_and_grad(logits, labels, weights):
     return nll, correct, tf.cast(g, logits.dtype)
 
 
+def _amx() -> bool:
+    """Whether TensorFlow's oneDNN kernels run on AMX tiles here."""
+    return hardware.onednn_enabled() and "amx_bf16" in hardware.cpu_flags()
+
+
 def _nll_and_correct(logits, top, lse, labels, weights):
     """A chunk's weighted (NLL sum, correct sum) from its float32 logits [c, V], their row
     maxima and log-sum-exps. A tie for the top counts as correct, as in `batch_sums`."""
@@ -195,11 +201,13 @@ def _nll_and_correct(logits, top, lse, labels, weights):
 
 
 def _logit_grad_times_table(g, w, vocab_split):
-    """g [N, V] @ w [V, E]. In bfloat16, summed over vocabulary slices in float32: oneDNN runs a
-    product whose inner dimension is the whole vocabulary much slower than slices of it.
-    Float32 gains nothing from it."""
+    """g [N, V] @ w [V, E]. In bfloat16 on a CPU with AMX, summed over vocabulary slices in
+    float32: oneDNN's AMX kernel runs a product whose inner dimension is the whole vocabulary
+    at half speed, slices of it at full speed (figures in `speed/__init__.py`). Float32 gains
+    nothing from it, nor AVX512-BF16 (AMD EPYC Zen 4, 1,024 x 50,257 x 768: 205 ms as one
+    product, 213 ms in slices with their copies)."""
     v = w.shape[0]
-    if g.dtype != tf.bfloat16 or v is None or v <= vocab_split:
+    if g.dtype != tf.bfloat16 or v is None or v <= vocab_split or not _amx():
         return tf.matmul(g, w)
     parts = [
         tf.cast(

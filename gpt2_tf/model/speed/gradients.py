@@ -130,9 +130,10 @@ def kernel_matmul(x, kernel, bias=None):
     gradient product.
 
     The bias is added to the [rows, out] product, where Grappler fuses the two into one oneDNN
-    kernel (Keras adds it after the reshape, a pass of its own), and its gradient is summed in
-    float32: TensorFlow's BiasAddGrad sums a bfloat16 gradient in bfloat16, so under Keras's
-    Dense 1,024 rows of 1.0 give 256, not 1,024."""
+    kernel (Keras adds it after the reshape, a pass of its own). Its gradient is the rows' sum
+    (`Sum`: float32 accumulation, one rounding to the compute dtype, as PyTorch's bias gradient
+    under autocast); Keras's Dense differentiates `bias_add`, and TensorFlow's BiasAddGrad sums a
+    bfloat16 gradient in bfloat16: 1,024 rows of 1.0 give 256, not 1,024."""
     # Under an autocast scope `kernel.value` would be the cast, which autodiff keeps.
     with no_autocast():
         table = tf.convert_to_tensor(kernel.value)
@@ -150,7 +151,8 @@ def kernel_matmul(x, kernel, bias=None):
             dy2 = tf.reshape(dy, (-1, tf.shape(dy)[-1]))
             d_bias = []
             if biases:
-                total = tf.reduce_sum(tf.cast(dy2, tf.float32), 0) if bias_trainable else None
+                # TensorFlow's Sum accumulates a bfloat16 input in float32 and rounds once.
+                total = tf.cast(tf.reduce_sum(dy2, 0), tf.float32) if bias_trainable else None
                 d_bias = [total]
             # Made after dy: Grappler cannot merge the cast with the forward one (the same op on
             # the same input), which would keep that copy alive between the passes, and the
