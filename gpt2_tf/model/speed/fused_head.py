@@ -81,10 +81,10 @@ def tied_head_sums(
     @tf.custom_gradient
     def fused(h, t):
         n = tf.shape(h)[0]
-        nll, count, correct, g, h_padded = _head_chunks(h, t, labels, weights, chunk_rows, True)
+        nll, count, correct, g, h_padded, w = _head_chunks(h, t, labels, weights, chunk_rows, True)
 
         def grad(d_nll, d_count, d_correct):
-            return _logit_grad_products(g, h_padded, n, t, d_nll, table_grad, vocab_split)
+            return _logit_grad_products(g, h_padded, n, w, d_nll, table_grad, vocab_split)
 
         return (nll, count, correct), grad
 
@@ -151,17 +151,13 @@ def _head_chunks(hidden, table, labels, weights, chunk_rows, logit_grad):
         return nll, count, correct
     # concat() of a TensorArray without inferred shapes is of unknown rank, and tf.matmul then
     # makes a BatchMatMulV2, which oneDNN runs far slower than MatMul in bfloat16.
-    return nll, count, correct, tf.ensure_shape(g_rows.concat(), [None, None]), hidden
+    return nll, count, correct, tf.ensure_shape(g_rows.concat(), [None, None]), hidden, w
 
 
-def _logit_grad_products(g, hidden, n, table, d_nll, table_grad, vocab_split):
+def _logit_grad_products(g, hidden, n, w, d_nll, table_grad, vocab_split):
     """The head's gradients (d_hidden [n, E], d_table [V, E] float32 or None) from its logit
-    gradients g [N', V], the padded hidden states [N', E] and the incoming gradient of the NLL
-    sum."""
-    # Made after the incoming gradient: the forward pass's copy, merged with this one, would
-    # otherwise live through the whole backward pass.
-    with tf.control_dependencies([d_nll]):
-        w = tf.cast(table, hidden.dtype)  # [V, E]
+    gradients g [N', V], the padded hidden states [N', E], the forward pass's compute-dtype
+    table w [V, E] and the incoming gradient of the NLL sum."""
     d_hidden = _logit_grad_times_table(g, w, vocab_split)[:n] * tf.cast(d_nll, hidden.dtype)
     if not table_grad:
         return d_hidden, None
