@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from gpt2_tf.core import hardware
 from gpt2_tf.model import losses
 from gpt2_tf.model.speed import fused_head
 
@@ -55,7 +56,7 @@ def test_fused_head_equals_autodiff_float32(chunk_rows):
 @pytest.mark.parametrize("vocab_split", [64, 8192])  # 301 = 4 x 64 + 45, and one product
 def test_fused_head_bfloat16_and_frozen_table(vocab_split, amx, monkeypatch):
     # The vocabulary slices run where oneDNN has AMX: here on every machine, as there.
-    monkeypatch.setattr(fused_head, "_amx", lambda: amx)
+    monkeypatch.setattr(hardware, "onednn_uses_amx", lambda: amx)
     args = _inputs(tf.bfloat16)
     (nll, count, _), (dh, dt) = _fused(*args, 8, table_grad=False, vocab_split=vocab_split)
     (rnll, rcount, _), (rdh, _) = _reference(*args)

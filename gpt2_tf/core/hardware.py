@@ -58,6 +58,12 @@ def onednn_enabled() -> bool:
         return platform.system() == "Linux" and bool(wanted & cpu_flags())
 
 
+def onednn_uses_amx() -> bool:
+    """Whether TensorFlow's oneDNN kernels run on AMX tiles here (oneDNN on, AMX-BF16 present):
+    the speed paths whose measurements came from AMX pick their shapes by it."""
+    return onednn_enabled() and "amx_bf16" in cpu_flags()
+
+
 def prefer_onednn() -> str:
     """Turns TensorFlow's oneDNN kernels on for an x86-64 CPU with AVX2 and FMA, unless
     `TF_ENABLE_ONEDNN_OPTS` is set (the user's choice stands) or TensorFlow is already loaded

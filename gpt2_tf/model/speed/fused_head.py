@@ -183,11 +183,6 @@ def _chunk_nll_and_grad(logits, labels, weights):
     return nll, correct, tf.cast(g, logits.dtype)
 
 
-def _amx() -> bool:
-    """Whether TensorFlow's oneDNN kernels run on AMX tiles here."""
-    return hardware.onednn_enabled() and "amx_bf16" in hardware.cpu_flags()
-
-
 def _nll_and_correct(logits, top, lse, labels, weights):
     """A chunk's weighted (NLL sum, correct sum) from its float32 logits [c, V], their row
     maxima and log-sum-exps. A tie for the top counts as correct, as in `batch_sums`."""
@@ -203,7 +198,7 @@ def _logit_grad_times_table(g, w, vocab_split):
     nothing from it, nor AVX512-BF16 (AMD EPYC Zen 4, 1,024 x 50,257 x 768: 205 ms as one
     product, 213 ms in slices with their copies)."""
     v = w.shape[0]
-    if g.dtype != tf.bfloat16 or v is None or v <= vocab_split or not _amx():
+    if g.dtype != tf.bfloat16 or v is None or v <= vocab_split or not hardware.onednn_uses_amx():
         return tf.matmul(g, w)
     parts = [
         tf.cast(

@@ -149,11 +149,10 @@ def kernel_matmul(x, kernel, bias=None):
 
         def grad(dy):
             dy2 = tf.reshape(dy, (-1, tf.shape(dy)[-1]))
-            d_bias = []
-            if biases:
-                # TensorFlow's Sum accumulates a bfloat16 input in float32 and rounds once.
-                total = tf.cast(tf.reduce_sum(dy2, 0), tf.float32) if bias_trainable else None
-                d_bias = [total]
+            # TensorFlow's Sum accumulates a bfloat16 input in float32 and rounds once.
+            d_bias = [
+                tf.cast(tf.reduce_sum(dy2, 0), b.dtype) if bias_trainable else None for b in biases
+            ]
             # Made after dy: Grappler cannot merge the cast with the forward one (the same op on
             # the same input), which would keep that copy alive between the passes, and the
             # executor cannot make every layer's transposed copy early (in float32 the cast is
@@ -192,10 +191,15 @@ def _transpose_for_input_grad(w) -> bool:
     return w.dtype == tf.float32 and w.shape[1] > w.shape[0] and not in_xla_context()
 
 
+def _query_scale(q):
+    """1/√D in q's dtype, as `layers.softmax_attention` scales q."""
+    return tf.cast(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+
+
 def _softmax_attention(q, k, v, mask, mask_value, rate, seed):
     """The plain `layers.softmax_attention`, op for op, also returning what the backward pass
     needs: (out, q scaled, float32 probabilities, the probabilities v is multiplied by)."""
-    q = q * tf.cast(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+    q = q * _query_scale(q)
     scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32)  # [B, H, Tq, Tk]
     probs32 = tf.nn.softmax(tf.where(mask, scores, mask_value))
     probs = tf.cast(probs32, q.dtype)
@@ -224,7 +228,7 @@ def training_attention(q, k, v, mask, mask_value, rate=0.0, seed=None, keep=Fals
     dropout) it keeps the float32 probabilities alone; under mixed precision their
     compute-dtype copy is cast again. `mask_value` is the plain layer's `MASK_VALUE`."""
 
-    scale = tf.cast(1.0 / math.sqrt(q.shape[-1]), q.dtype)  # as `_softmax_attention`'s
+    scale = _query_scale(q)
 
     @tf.custom_gradient
     def attend(q, k, v):
