@@ -11,10 +11,12 @@ os.environ.setdefault(
 
 __version__ = "0.1.0"
 
-# Before TensorFlow loads: its oneDNN kernels on every x86-64 CPU with AVX2 (see hardware.py).
-from gpt2_tf.core.hardware import prefer_onednn  # noqa: E402
+# Before TensorFlow loads: its oneDNN kernels on every x86-64 CPU with AVX2, and glibc heaps that
+# keep freed memory for the next matrix product (see hardware.py).
+from gpt2_tf.core.hardware import keep_freed_heap, prefer_onednn  # noqa: E402
 
 prefer_onednn()
+keep_freed_heap()
 
 from gpt2_tf.model.config import GPT2Config  # noqa: E402
 from gpt2_tf.model.gpt2 import GPT2Backbone, GPT2Classifier, GPT2LanguageModel  # noqa: E402

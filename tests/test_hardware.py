@@ -136,3 +136,47 @@ def test_gpt2_tf_turns_onednn_on_for_an_avx2_only_cpu():
         assert _in_a_fresh_process(late, env) == ["False", "True"]
     else:
         print("TensorFlow's own oneDNN choice on an AVX2-only CPU not checked: CPUID is not masked")
+
+
+HEAP_PROBE = """
+import ctypes, resource, threading
+import gpt2_tf  # sets glibc's top pad unless MALLOC_TOP_PAD_ is set
+import tensorflow as tf
+
+# A generator dataset kernel: on Python 3.11 TensorFlow then fixes glibc's mmap threshold at 128 KB.
+for _ in tf.data.Dataset.from_generator(
+    lambda: iter([1]), output_signature=tf.TensorSpec([], tf.int32)
+):
+    pass
+libc, size, faults = ctypes.CDLL(None), 1_200_000, []
+
+def products():  # a oneDNN matrix product's packing buffer, on a thread of its own, 50 times
+    p = ctypes.c_void_p()
+    for i in range(53):
+        if i == 3:
+            start = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+        libc.posix_memalign(ctypes.byref(p), 128, size)
+        ctypes.memset(p, 1, size)
+        libc.free(p)
+    faults.append((resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - start) / 50)
+
+thread = threading.Thread(target=products)
+thread.start()
+thread.join()
+print(faults[0])
+"""
+
+
+def test_freed_buffers_are_reused_not_faulted_in_again():
+    """After TensorFlow fixes glibc's mmap threshold (its generator dataset kernel, Python 3.11),
+    a 1.2 MB buffer taken and freed over and over, as oneDNN does per matrix product, faulted in
+    all of its 293 pages each time; with gpt2_tf's heap pad it reuses the heap. A user's
+    MALLOC_TOP_PAD_ stands (here glibc's own default, 128 KB: the control)."""
+    if hardware.platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's allocator only")
+    control = float(_in_a_fresh_process(HEAP_PROBE, {"MALLOC_TOP_PAD_": "131072"})[-1])
+    padded = float(_in_a_fresh_process(HEAP_PROBE, {})[-1])
+    print(f"page faults per 1.2 MB buffer: {control:.0f} at glibc's default, {padded:.0f} padded")
+    if control < 200:
+        pytest.skip(f"TensorFlow left glibc's mmap threshold dynamic here ({control:.0f} faults)")
+    assert padded < control / 2
