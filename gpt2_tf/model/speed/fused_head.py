@@ -149,9 +149,12 @@ def _head_chunks(hidden, table, labels, weights, chunk_rows, logit_grad):
     count = tf.reduce_sum(weights)
     if not logit_grad:
         return nll, count, correct
-    # concat() of a TensorArray without inferred shapes is of unknown rank, and tf.matmul then
-    # makes a BatchMatMulV2, which oneDNN runs far slower than MatMul in bfloat16.
-    return nll, count, correct, tf.ensure_shape(g_rows.concat(), [None, None]), hidden, w
+    # One chunk (float32 up to FLOAT32_HEAD_CHUNK_ROWS rows) is read as it is: concat() copies
+    # even one element (1,024 x 50,257 float32: 206 MB, 13.6 ms). Either is of unknown rank
+    # (no inferred shapes), and tf.matmul then makes a BatchMatMulV2, which oneDNN runs far
+    # slower than MatMul in bfloat16.
+    g = tf.cond(chunks == 1, lambda: g_rows.read(0), g_rows.concat)
+    return nll, count, correct, tf.ensure_shape(g, [None, None]), hidden, w
 
 
 def _logit_grad_products(g, hidden, n, w, d_nll, table_grad, vocab_split):
