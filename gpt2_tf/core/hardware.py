@@ -99,17 +99,17 @@ def keep_freed_heap(pad: int = HEAP_TOP_PAD) -> str:
     fresh pages. Leaves glibc alone where `MALLOC_TOP_PAD_` is set (the user's choice stands) and
     off glibc. Returns what it did.
 
-    Why: a `tf.data` pipeline that TensorFlow distributes builds a generator dataset, and on
-    Python 3.11 that kernel fixes glibc's mmap threshold at 128 KB (`mallopt(M_MMAP_THRESHOLD)`,
-    TensorFlow's own patch, seen in gdb). From then on every allocation above 128 KB that the
-    heap cannot serve is a fresh mmap, freed with munmap: oneDNN's packing buffers (0.6-1.5 MB per
-    thread, per matrix product) above all. Each GPT-2 124M training step (batch 4 x 256, AMD EPYC
-    Zen 4, 2 cores) then faulted in 108 MB of zeroed pages (27,600 faults) in LoRA bfloat16 and
-    387 MB (99,000) in full float32, about 4% of its CPU time in the kernel. With the pad: no
-    faults; steps 3.3% (LoRA bfloat16), 2.5% (full bfloat16) and 3.5% (full float32) faster, as
-    the median ratio of steps alternating between two processes; peak RSS 30-50 MB lower in
-    bfloat16, level in float32. Runs when gpt2_tf is imported: a thread's heap made before keeps
-    its small size."""
+    Why: on Python 3.11 TensorFlow's generator dataset kernel (`Dataset.from_generator`, and the
+    trainer's input pipeline builds one too) fixes glibc's mmap threshold at 128 KB for the whole
+    process (`mallopt(M_MMAP_THRESHOLD)` in `ApplyPython311MemoryPatch`, seen in gdb). From then
+    on every allocation above 128 KB that the heap cannot serve is a fresh mmap, freed with
+    munmap: oneDNN's packing buffers (0.6-1.5 MB per thread, per matrix product) above all.
+    Each GPT-2 124M training step (batch 4 x 256, AMD EPYC Zen 4, 2 cores) then faulted in 108 MB
+    of zeroed pages (27,600 faults) in LoRA bfloat16 and 387 MB (99,000) in full float32, about
+    4% of its CPU time in the kernel. With the pad: no faults; steps 3.3% (LoRA bfloat16), 2.5%
+    (full bfloat16) and 3.5% (full float32) faster, as the median ratio of steps alternating
+    between two processes; peak RSS 30-50 MB lower in bfloat16, level in float32. Runs when
+    gpt2_tf is imported: a thread's heap made before keeps its small size."""
     global _heap_reason
     import ctypes
 
