@@ -125,7 +125,8 @@ def keep_freed_heap(pad: int = HEAP_TOP_PAD) -> str:
 
 
 def describe_cpu() -> str:
-    """One line: the CPU model, its AMX / AVX-512 flags, and whether oneDNN is on."""
+    """One line: the CPU model, its AMX / AVX-512 flags, whether oneDNN is on, and what
+    `keep_freed_heap` did."""
     flags = cpu_flags()
     shown = [f for f in REPORTED_CPU_FLAGS if f in flags] or ["none of AMX, AVX-512, AVX2"]
     onednn = "on" if onednn_enabled() else "off"

@@ -103,8 +103,9 @@ def head_chunk_rows(dtype) -> int:
 
 def _head_chunks(hidden, table, labels, weights, chunk_rows, logit_grad):
     """(NLL sum, weight sum, correct sum), and with `logit_grad` the [N', V] logit gradients in
-    the compute dtype and the hidden states [N', E] (N' = N padded to HEAD_ROW_MULTIPLE with
-    zero rows, whose logit gradients are zero)."""
+    the compute dtype, the hidden states [N', E] (N' = N padded to HEAD_ROW_MULTIPLE with zero
+    rows, whose logit gradients are zero) and the compute-dtype table [V, E] the logits were
+    made with (the backward pass's products reuse it)."""
     w = tf.cast(table, hidden.dtype)  # [V, E]
     n = tf.shape(hidden)[0]
     if logit_grad:
