@@ -258,12 +258,19 @@ def training_attention(q, k, v, mask, mask_value, rate=0.0, seed=None, keep=Fals
             # scores: leading or packed padding) gets a zero d_out row here. Cheaper than a
             # select over the [B, H, T, T] gradient: d_out is T / D times smaller.
             sees_a_key = tf.cast(tf.reduce_any(mask, -1, keepdims=True), d_out.dtype)
-            d_probs = tf.matmul(d_out * sees_a_key, v, transpose_b=True)
+            d_out = d_out * sees_a_key
+            d_probs = tf.matmul(d_out, v, transpose_b=True)
             if rate > 0:  # dropout's gradient is dropout with the same mask
                 d_probs = tf.nn.experimental.stateless_dropout(d_probs, rate=rate, seed=seed)
             d_probs = tf.cast(d_probs, tf.float32)
-            # The softmax's gradient (TensorFlow's SoftmaxGrad).
-            d_scores = probs32 * (d_probs - tf.reduce_sum(d_probs * probs32, -1, keepdims=True))
+            # The softmax's gradient, probs * (d_probs - sum_k d_probs * probs), with the sum
+            # taken over [.., T, D] rather than [.., T, T] (as FlashAttention's backward pass
+            # does): sum_k probs_k * (d_out . v_k) = d_out . sum_k probs_k v_k = d_out . out,
+            # dropout's mask included, since out was made from the dropped probabilities.
+            row = tf.reduce_sum(
+                tf.cast(d_out, tf.float32) * tf.cast(kept[0], tf.float32), -1, keepdims=True
+            )
+            d_scores = probs32 * (d_probs - row)
             d_scores = tf.cast(d_scores, q.dtype)
             d_q = tf.matmul(d_scores, k) * scale
             return d_q, tf.matmul(d_scores, q_scaled, transpose_a=True), d_v
