@@ -225,8 +225,10 @@ def training_attention(q, k, v, mask, mask_value, rate=0.0, seed=None, keep=Fals
     """`layers.softmax_attention` for training, with its own gradient. With `keep` off, the
     backward pass recomputes the [B, H, T, T] probabilities from q and k instead of keeping
     them; dropout's mask is recomputed from the same stateless seed. With `keep` on (and no
-    dropout) it keeps the float32 probabilities alone; under mixed precision their
-    compute-dtype copy is cast again. `mask_value` is the plain layer's `MASK_VALUE`."""
+    dropout) it keeps the float32 probabilities, not their copy; under mixed precision the
+    compute-dtype copy is cast again. Either way it keeps its [B, H, T, D] output, whose dot
+    product with d_out gives the softmax gradient's row sums. `mask_value` is the plain
+    layer's `MASK_VALUE`."""
 
     scale = _query_scale(q)
 
