@@ -8,7 +8,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from gpt2_tf.core import hardware
-from gpt2_tf.core.compat import no_autocast
+from gpt2_tf.core.compat import in_xla_context, no_autocast
 
 # Rows of the [rows, vocab] logits the fused head holds at once: 512 x 50257 float32 is 103 MB.
 HEAD_CHUNK_ROWS = 512
@@ -40,11 +40,23 @@ def tied_lookup(table, token_ids, dtype):
             ids = tf.reshape(token_ids, [-1, 1])
             if d_table is None:  # no head took the table
                 d_table = tf.zeros_like(t)
-            return tf.tensor_scatter_nd_add(d_table, ids, rows)  # into d_table's buffer
+            return _scatter_add(d_table, ids, rows)
 
         return (tf.cast(tf.gather(t, token_ids), dtype), tf.identity(t)), grad
 
     return tied(table)
+
+
+def _scatter_add(tensor, ids, rows):
+    """tensor with rows [n, E] added at ids [n, 1], in tensor's buffer where nothing else reads
+    it. TensorFlow's CPU and GPU `TensorScatterAdd` kernel asks to take over its updates' buffer
+    instead of its input's, so it never can and copies the input first: for GPT-2's [V, E]
+    float32 table gradient, 13-15 ms of a training step against under 1 ms (AMD EPYC Zen 4).
+    `ScatterNdNonAliasingAdd` takes the same values and takes over its input's buffer; XLA has
+    no kernel for it, and does its scatters in place anyway."""
+    if in_xla_context():
+        return tf.tensor_scatter_nd_add(tensor, ids, rows)
+    return tf.raw_ops.ScatterNdNonAliasingAdd(input=tensor, indices=ids, updates=rows)
 
 
 def tied_head_sums(
