@@ -221,62 +221,148 @@ def keeps_attention_probabilities(heads: int, length, n_embd: int, dtype="float3
     return heads * length * 4 <= 4 * n_embd * tf.as_dtype(dtype).size
 
 
-def training_attention(q, k, v, mask, mask_value, rate=0.0, seed=None, keep=False):
-    """`layers.softmax_attention` for training, with its own gradient. With `keep` off, the
-    backward pass recomputes the [B, H, T, T] probabilities from q and k instead of keeping
-    them; dropout's mask is recomputed from the same stateless seed. With `keep` on (and no
-    dropout) it keeps the float32 probabilities, not their copy; under mixed precision the
-    compute-dtype copy is cast again. Either way it keeps its [B, H, T, D] output, whose dot
-    product with d_out gives the softmax gradient's row sums. `mask_value` is the plain
-    layer's `MASK_VALUE`."""
+# Query rows per block of `training_attention`, and at most this many blocks.
+ATTENTION_BLOCK_ROWS = 128
+MAX_ATTENTION_BLOCKS = 4
+
+
+def causal_query_blocks(length, rate=0.0, block_rows=ATTENTION_BLOCK_ROWS):
+    """[(start, end)] row blocks of causal self-attention over `length` queries: block i's
+    queries see keys up to `end` only, since every later key is masked, so the products and the
+    softmax skip the [T, T] scores above the blocks' diagonal. `length // block_rows` blocks
+    (at most MAX_ATTENTION_BLOCKS) of equal rows: GPT-2 at 256 tokens runs two, over 3/4 of the
+    scores. One block where the length is unknown when traced, or with dropout (its mask is
+    drawn over the whole [T, T], as the plain layer draws it)."""
+    blocks = 1 if not isinstance(length, int) or rate > 0 else length // block_rows
+    blocks = min(blocks, MAX_ATTENTION_BLOCKS)
+    if blocks <= 1:
+        return [(0, length)]
+    size = -(-length // blocks)
+    return [(i * size, min((i + 1) * size, length)) for i in range(blocks)]
+
+
+def training_attention(
+    q, k, v, mask, mask_value, rate=0.0, seed=None, keep=False, block_rows=ATTENTION_BLOCK_ROWS
+):
+    """`layers.softmax_attention` for causal self-attention in training, with its own gradient.
+    With `keep` off, the backward pass recomputes the [B, H, T, T] probabilities from q and k
+    instead of keeping them; dropout's mask is recomputed from the same stateless seed. With
+    `keep` on (and no dropout) it keeps the float32 probabilities, not their copy; under mixed
+    precision the compute-dtype copy is cast again. Either way it keeps its [B, H, T, D] output,
+    whose dot product with d_out gives the softmax gradient's row sums. `mask_value` is the
+    plain layer's `MASK_VALUE`.
+
+    The queries run in `causal_query_blocks`, each over the keys up to its last row: `mask` must
+    hide every key after its query, as `layers.attention_mask` does. A query that sees no key
+    (leading or packed padding) gets what the plain layer gives it, a uniform softmax over all
+    T keys: the mean of v, and the gradient of that mean."""
 
     scale = _query_scale(q)
+    length = q.shape[2]
+    blocks = causal_query_blocks(length, rate, block_rows)
+
+    def rows(x, s, e):  # x[:, :, s:e], without a slice for the whole length
+        return x if (s, e) == (0, length) else x[:, :, s:e]
+
+    def keys(x, e, axis=2):  # x's first e keys along `axis`
+        return x if e == length else (x[:, :, :e] if axis == 2 else x[..., :e])
+
+    def forward(q):
+        return [
+            _softmax_attention(
+                rows(q, s, e),
+                keys(k, e),
+                keys(v, e),
+                keys(rows(mask, s, e), e, -1),
+                mask_value,
+                rate,
+                seed,
+            )
+            for s, e in blocks
+        ]
+
+    def sees_a_key(s, e, dtype):
+        return tf.cast(tf.reduce_any(rows(mask, s, e), -1, keepdims=True), dtype)
 
     @tf.custom_gradient
     def attend(q, k, v):
-        kept = _softmax_attention(q, k, v, mask, mask_value, rate, seed)
+        kept = forward(q)
+        outs = [part[0] for part in kept]
+        if len(blocks) > 1:
+            # A block's query that sees no key got the mean of its block's keys' values.
+            mean_v = tf.reduce_mean(v, 2, keepdims=True)
+            outs = [
+                o if e == length else tf.where(sees_a_key(s, e, tf.bool), o, mean_v)
+                for (s, e), o in zip(blocks, outs)
+            ]
+        out = outs[0] if len(outs) == 1 else tf.concat(outs, 2)
 
         def grad(d_out):
             # Made after d_out: Grappler cannot merge these with the forward pass's identical
             # ops (the recomputation, the cast), which would keep their outputs alive after all.
             with tf.control_dependencies([d_out]):
                 q_again = tf.identity(q)
-            if not keep:
-                _, q_scaled, probs32, probs = _softmax_attention(
-                    q_again, k, v, mask, mask_value, rate, seed
+            again = kept if keep else forward(q_again)
+            d_q, d_k, d_v, unseen = [], [], [], None
+            for (s, e), o, (_, q_scaled, probs32, probs) in zip(blocks, outs, again):
+                if (
+                    keep
+                ):  # q scaled again too: one [B, H, T, D] multiply, where keeping it costs q's size
+                    q_scaled = rows(q_again, s, e) * scale
+                    if rate == 0 and q.dtype != tf.float32:
+                        # After d_out, and from a copy Grappler cannot trace back: it would
+                        # merge this cast with the forward pass's and keep both copies alive.
+                        with tf.control_dependencies([d_out]):
+                            probs = tf.cast(tf.identity(probs32), q.dtype)
+                d_o = rows(d_out, s, e)
+                # Masked scores get no gradient. Where a query sees some key, its masked
+                # probabilities are exactly 0 (exp(MASK_VALUE - its top score) underflows),
+                # and so are their gradients below; a query that sees none (a uniform softmax
+                # over masked scores) gets a zero d_out row for them. Cheaper than a select over
+                # the [B, H, T, T] gradient: d_out is T / D times smaller.
+                seen = sees_a_key(s, e, d_out.dtype)
+                if e == length:  # its uniform softmax is the plain layer's, over all T keys
+                    d_v.append(tf.matmul(probs, d_o, transpose_a=True))
+                    d_o = d_o * seen
+                else:  # its unseen rows' mean of v: d_v gets their d_out / T, below
+                    d_o, not_seen = d_o * seen, d_o * (1 - seen)
+                    part = tf.reduce_sum(not_seen, 2, keepdims=True)
+                    unseen = part if unseen is None else unseen + part
+                    d_v.append(tf.matmul(probs, d_o, transpose_a=True))
+                d_probs = tf.matmul(d_o, keys(v, e), transpose_b=True)
+                if rate > 0:  # dropout's gradient is dropout with the same mask
+                    d_probs = tf.nn.experimental.stateless_dropout(d_probs, rate=rate, seed=seed)
+                d_probs = tf.cast(d_probs, tf.float32)
+                # The softmax's gradient, probs * (d_probs - sum_k d_probs * probs), with the sum
+                # taken over [.., T, D] rather than [.., T, T] (as FlashAttention's backward pass
+                # does): sum_k probs_k * (d_out . v_k) = d_out . sum_k probs_k v_k = d_out . out,
+                # dropout's mask included, since out was made from the dropped probabilities.
+                row = tf.reduce_sum(
+                    tf.cast(d_o, tf.float32) * tf.cast(o, tf.float32), -1, keepdims=True
                 )
-            else:  # q scaled again too: one [B, H, T, D] multiply, where keeping it costs q's size
-                q_scaled = q_again * scale
-                _, _, probs32, probs = kept
-                if rate == 0 and q.dtype != tf.float32:
-                    # After d_out, and from a copy Grappler cannot trace back: it would merge
-                    # this cast with the forward pass's and keep both copies alive.
-                    with tf.control_dependencies([d_out]):
-                        probs = tf.cast(tf.identity(probs32), q.dtype)
-            d_v = tf.matmul(probs, d_out, transpose_a=True)
-            # Masked scores get no gradient. Where a query sees some key, its masked
-            # probabilities are exactly 0 (exp(MASK_VALUE - its top score) underflows), and so
-            # are their gradients below; a query that sees none (a uniform softmax over masked
-            # scores: leading or packed padding) gets a zero d_out row here. Cheaper than a
-            # select over the [B, H, T, T] gradient: d_out is T / D times smaller.
-            sees_a_key = tf.cast(tf.reduce_any(mask, -1, keepdims=True), d_out.dtype)
-            d_out = d_out * sees_a_key
-            d_probs = tf.matmul(d_out, v, transpose_b=True)
-            if rate > 0:  # dropout's gradient is dropout with the same mask
-                d_probs = tf.nn.experimental.stateless_dropout(d_probs, rate=rate, seed=seed)
-            d_probs = tf.cast(d_probs, tf.float32)
-            # The softmax's gradient, probs * (d_probs - sum_k d_probs * probs), with the sum
-            # taken over [.., T, D] rather than [.., T, T] (as FlashAttention's backward pass
-            # does): sum_k probs_k * (d_out . v_k) = d_out . sum_k probs_k v_k = d_out . out,
-            # dropout's mask included, since out was made from the dropped probabilities.
-            row = tf.reduce_sum(
-                tf.cast(d_out, tf.float32) * tf.cast(kept[0], tf.float32), -1, keepdims=True
-            )
-            d_scores = probs32 * (d_probs - row)
-            d_scores = tf.cast(d_scores, q.dtype)
-            d_q = tf.matmul(d_scores, k) * scale
-            return d_q, tf.matmul(d_scores, q_scaled, transpose_a=True), d_v
+                d_scores = tf.cast(probs32 * (d_probs - row), q.dtype)
+                d_q.append(tf.matmul(d_scores, keys(k, e)) * scale)
+                d_k.append(tf.matmul(d_scores, q_scaled, transpose_a=True))
+            if len(blocks) == 1:
+                return d_q[0], d_k[0], d_v[0]
+            d_v = _sum_over_keys(d_v, length)
+            d_v = d_v + tf.cast(unseen / length, d_v.dtype)
+            return tf.concat(d_q, 2), _sum_over_keys(d_k, length), d_v
 
-        return kept[0], grad
+        return out, grad
 
     return attend(q, k, v)
+
+
+def _sum_over_keys(parts, length):
+    """The sum of the blocks' key gradients [B, H, e_i, D], each zero past its e_i, as one
+    [B, H, length, D] tensor, added in float32 under mixed precision (one rounding, as one
+    product's)."""
+    dtype = parts[0].dtype
+    total = None
+    for p in parts:
+        p = tf.cast(p, tf.float32)
+        if p.shape[2] != length:
+            p = tf.pad(p, [[0, 0], [0, 0], [0, length - p.shape[2]], [0, 0]])
+        total = p if total is None else total + p
+    return tf.cast(total, dtype)
