@@ -289,7 +289,8 @@ def training_attention(
         kept = forward(q)
         outs = [part[0] for part in kept]
         if len(blocks) > 1:
-            # A block's query that sees no key got the mean of its block's keys' values.
+            # A query that sees no key got the mean of its block's keys' values; the plain
+            # layer gives it the mean over all keys.
             mean_v = tf.reduce_mean(v, 2, keepdims=True)
             outs = [
                 o if e == length else tf.where(sees_a_key(s, e, tf.bool), o, mean_v)
@@ -305,9 +306,8 @@ def training_attention(
             again = kept if keep else forward(q_again)
             d_q, d_k, d_v, unseen = [], [], [], None
             for (s, e), o, (_, q_scaled, probs32, probs) in zip(blocks, outs, again):
-                if (
-                    keep
-                ):  # q scaled again too: one [B, H, T, D] multiply, where keeping it costs q's size
+                if keep:
+                    # q scaled again too: one [B, H, T, D] multiply, where keeping it costs q's size
                     q_scaled = rows(q_again, s, e) * scale
                     if rate == 0 and q.dtype != tf.float32:
                         # After d_out, and from a copy Grappler cannot trace back: it would
