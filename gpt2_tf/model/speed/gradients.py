@@ -264,8 +264,8 @@ def training_attention(
     def rows(x, s, e):  # x[:, :, s:e], without a slice for the whole length
         return x if (s, e) == (0, length) else x[:, :, s:e]
 
-    def keys(x, e, axis=2):  # x's first e keys along `axis`
-        return x if e == length else (x[:, :, :e] if axis == 2 else x[..., :e])
+    def keys(x, e):  # x's first e keys
+        return x if e == length else x[:, :, :e]
 
     def forward(q):
         return [
@@ -273,7 +273,7 @@ def training_attention(
                 rows(q, s, e),
                 keys(k, e),
                 keys(v, e),
-                keys(rows(mask, s, e), e, -1),
+                mask if (s, e) == (0, length) else mask[:, :, s:e, :e],
                 mask_value,
                 rate,
                 seed,
@@ -281,22 +281,29 @@ def training_attention(
             for s, e in blocks
         ]
 
-    def sees_a_key(s, e, dtype):
-        return tf.cast(tf.reduce_any(rows(mask, s, e), -1, keepdims=True), dtype)
+    def sees_a_key(s, e):  # [B, 1, e - s, 1]
+        return tf.reduce_any(rows(mask, s, e), -1, keepdims=True)
+
+    # A query before the last block that sees no key got the mean of its block's keys' values;
+    # the plain layer gives it the mean over all keys. Such queries are rare (leading or packed
+    # padding), so the step fixes them up only where there are some.
+    early = blocks[-1][0]
+    if len(blocks) > 1:
+        early_sees = sees_a_key(0, early)
+        some_early_unseen = tf.logical_not(tf.reduce_all(early_sees))
 
     @tf.custom_gradient
     def attend(q, k, v):
         kept = forward(q)
-        outs = [part[0] for part in kept]
+        out = kept[0][0] if len(blocks) == 1 else tf.concat([part[0] for part in kept], 2)
         if len(blocks) > 1:
-            # A query that sees no key got the mean of its block's keys' values; the plain
-            # layer gives it the mean over all keys.
-            mean_v = tf.reduce_mean(v, 2, keepdims=True)
-            outs = [
-                o if e == length else tf.where(sees_a_key(s, e, tf.bool), o, mean_v)
-                for (s, e), o in zip(blocks, outs)
-            ]
-        out = outs[0] if len(outs) == 1 else tf.concat(outs, 2)
+
+            def fix_up():
+                mean_v = tf.reduce_mean(v, 2, keepdims=True)
+                fixed = tf.where(early_sees, out[:, :, :early], mean_v)
+                return tf.concat([fixed, out[:, :, early:]], 2)
+
+            out = tf.cond(some_early_unseen, fix_up, lambda: out)
 
         def grad(d_out):
             # Made after d_out: Grappler cannot merge these with the forward pass's identical
@@ -304,8 +311,8 @@ def training_attention(
             with tf.control_dependencies([d_out]):
                 q_again = tf.identity(q)
             again = kept if keep else forward(q_again)
-            d_q, d_k, d_v, unseen = [], [], [], None
-            for (s, e), o, (_, q_scaled, probs32, probs) in zip(blocks, outs, again):
+            d_q, d_k, d_v = [], [], []
+            for (s, e), (o, *_), (_, q_scaled, probs32, probs) in zip(blocks, kept, again):
                 if keep:
                     # q scaled again too: one [B, H, T, D] multiply, where keeping it costs q's size
                     q_scaled = rows(q_again, s, e) * scale
@@ -320,14 +327,12 @@ def training_attention(
                 # and so are their gradients below; a query that sees none (a uniform softmax
                 # over masked scores) gets a zero d_out row for them. Cheaper than a select over
                 # the [B, H, T, T] gradient: d_out is T / D times smaller.
-                seen = sees_a_key(s, e, d_out.dtype)
+                seen = tf.cast(sees_a_key(s, e), d_out.dtype)
                 if e == length:  # its uniform softmax is the plain layer's, over all T keys
                     d_v.append(tf.matmul(probs, d_o, transpose_a=True))
                     d_o = d_o * seen
-                else:  # its unseen rows' mean of v: d_v gets their d_out / T, below
-                    d_o, not_seen = d_o * seen, d_o * (1 - seen)
-                    part = tf.reduce_sum(not_seen, 2, keepdims=True)
-                    unseen = part if unseen is None else unseen + part
+                else:  # an unseen row's mean of v: d_v gets its d_out / T, below
+                    d_o = d_o * seen
                     d_v.append(tf.matmul(probs, d_o, transpose_a=True))
                 d_probs = tf.matmul(d_o, keys(v, e), transpose_b=True)
                 if rate > 0:  # dropout's gradient is dropout with the same mask
@@ -346,7 +351,13 @@ def training_attention(
             if len(blocks) == 1:
                 return d_q[0], d_k[0], d_v[0]
             d_v = _sum_over_keys(d_v, length)
-            d_v = d_v + tf.cast(unseen / length, d_v.dtype)
+
+            def unseen_rows_mean_grad():
+                not_seen = tf.cast(tf.logical_not(early_sees), d_out.dtype)
+                unseen = tf.reduce_sum(d_out[:, :, :early] * not_seen, 2, keepdims=True)
+                return d_v + unseen / length
+
+            d_v = tf.cond(some_early_unseen, unseen_rows_mean_grad, lambda: d_v)
             return tf.concat(d_q, 2), _sum_over_keys(d_k, length), d_v
 
         return out, grad
