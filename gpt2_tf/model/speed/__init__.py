@@ -35,10 +35,12 @@ at batch 4 x 256, two trainers alternating steps in one process, median of 8):
   tokens was 1-3% faster under mixed precision, but took full training's peak RSS from 3,365
   to 3,439 MB, over HF's 3,421, and made the softmax's gradient read rounded probabilities.
 - `causal_query_blocks`: GPT-2's queries in two blocks of 128 at 256 tokens, the first over the
-  first 128 keys only, skip a quarter of the scores, their products and softmax. Profiled LoRA
-  float32 step (AMD EPYC Zen 4): attention products 185 -> 142 ms, the [T, T] elementwise ops
-  about 10 ms less, the blocks' slices 12 ms more; op time 3,053 -> 2,999 ms. 12 layers'
-  attention forward and backward alone: 228 -> 189 ms (float32), 221 -> 187 ms (bfloat16).
+  first 128 keys only, skip a quarter of the scores, their products and softmax. 12 layers'
+  attention forward and backward alone (AMD EPYC Zen 4, one run): 227 -> 192 ms float32
+  (probabilities kept), 233 -> 196 ms bfloat16 (recomputed). Profiled LoRA float32 step:
+  attention products 185 -> 142 ms, op time 3,053 -> 2,999 ms. Whole steps, two trainers
+  alternating on a noisy machine: LoRA float32 1.005 (old/new, median of 14 pairs), LoRA
+  bfloat16 0.990 (16 pairs, the last ten 1.70-1.71 against 1.70-1.74 s).
 - `kernel_matmul`: autodiff keeps every layer's bfloat16 kernel copy between the passes, 162 MB
   at the step's allocation peak; peak RSS of `make bench` 3,727-3,733 -> 3,605-3,653 MB, for a
   bfloat16 step of 3.22 -> 3.27 s. In float32, the input gradient of c_attn and c_fc from a
