@@ -281,15 +281,13 @@ def training_attention(
             for s, e in blocks
         ]
 
-    def sees_a_key(s, e):  # [B, 1, e - s, 1]
-        return tf.reduce_any(rows(mask, s, e), -1, keepdims=True)
-
+    sees_a_key = tf.reduce_any(mask, -1, keepdims=True)  # [B, 1, T, 1]
     # A query before the last block that sees no key got the mean of its block's keys' values;
     # the plain layer gives it the mean over all keys. Such queries are rare (leading or packed
     # padding), so the step fixes them up only where there are some.
     early = blocks[-1][0]
     if len(blocks) > 1:
-        early_sees = sees_a_key(0, early)
+        early_sees = sees_a_key[:, :, :early]
         some_early_unseen = tf.logical_not(tf.reduce_all(early_sees))
 
     @tf.custom_gradient
@@ -327,13 +325,11 @@ def training_attention(
                 # and so are their gradients below; a query that sees none (a uniform softmax
                 # over masked scores) gets a zero d_out row for them. Cheaper than a select over
                 # the [B, H, T, T] gradient: d_out is T / D times smaller.
-                seen = tf.cast(sees_a_key(s, e), d_out.dtype)
-                if e == length:  # its uniform softmax is the plain layer's, over all T keys
-                    d_v.append(tf.matmul(probs, d_o, transpose_a=True))
-                    d_o = d_o * seen
-                else:  # an unseen row's mean of v: d_v gets its d_out / T, below
-                    d_o = d_o * seen
-                    d_v.append(tf.matmul(probs, d_o, transpose_a=True))
+                d_o_seen = d_o * tf.cast(rows(sees_a_key, s, e), d_out.dtype)
+                # An unseen row's uniform softmax: in the last block the plain layer's, over
+                # all T keys; before it, its mean of v gets its d_out / T below instead.
+                d_v.append(tf.matmul(probs, d_o if e == length else d_o_seen, transpose_a=True))
+                d_o = d_o_seen
                 d_probs = tf.matmul(d_o, keys(v, e), transpose_b=True)
                 if rate > 0:  # dropout's gradient is dropout with the same mask
                     d_probs = tf.nn.experimental.stateless_dropout(d_probs, rate=rate, seed=seed)
