@@ -176,6 +176,27 @@ def test_cached_hidden_states_match(monkeypatch, xla):
         np.testing.assert_allclose(a, b, **TOL)
 
 
+def test_decoding_transposes_no_more_with_depth(monkeypatch):
+    """The residual stream stays [E, B * t] through the blocks: a decoding step's graph (each
+    block's work as XLA programs) transposes on the way in and out, not in every block."""
+    monkeypatch.delenv(speed.PLAIN_ENV, raising=False)
+
+    def transposes(n_layer):
+        keras.utils.set_random_seed(3)
+        bb = GPT2LanguageModel(GPT2Config.from_preset("tiny", n_layer=n_layer)).backbone
+        ids, mask = tf.constant([[7], [8]]), tf.ones([2, 5], tf.int32)
+
+        @tf.function
+        def step(kernels):  # made outside: its kernel transposes are not the step's
+            return bb.call_with_cache(ids, mask, bb.init_cache(2, 5), 3, kernels)[0]
+
+        ops = step.get_concrete_function(bb.decoding_kernels(xla=True)).graph.get_operations()
+        return sum(op.type == "Transpose" for op in ops)
+
+    shallow, deep = transposes(1), transposes(3)
+    assert deep == shallow, (shallow, deep)
+
+
 def test_the_library_decodes_with_xla_kernels_and_the_export_without(monkeypatch):
     """`Generator`'s graph loop runs each block's work (and the head) as XLA programs; the
     decoding loop as the SavedModel export calls it runs them as graph ops."""
@@ -185,14 +206,14 @@ def test_the_library_decodes_with_xla_kernels_and_the_export_without(monkeypatch
     seen = []
     real = decoding._run
 
-    def recorded(fn, xla, *args):
+    def recorded(fn, xla, *args, **kwargs):
         seen.append((fn.__name__, xla))
-        return real(fn, xla, *args)
+        return real(fn, xla, *args, **kwargs)
 
     monkeypatch.setattr(decoding, "_run", recorded)
     model = _model()
     Generator(model, jit_compile=False)([[464, 2068]], 2, sampler="greedy")
-    names = {"qkv_t", "attention_t", "mlp_t", "head_t"}
+    names = {"qkv_t", "rest_of_block_t", "head_t"}
     assert {n for n, _ in seen} == names and all(xla for _, xla in seen)
     seen.clear()
     ids, mask = tf.constant([[464, 2068]]), tf.constant([[1, 1]])
@@ -278,3 +299,24 @@ def test_layer_norm_equals_keras_and_its_autodiff(dtype):
         np.testing.assert_allclose(
             tf.cast(a, tf.float32), tf.cast(b, tf.float32), err_msg=name, **tol
         )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_decoding_layer_norm_of_columns_equals_keras(dtype):
+    """Decoding's LayerNorm of x_t [E, N]'s columns is Keras's LayerNorm of x [N, E]'s rows,
+    transposed, in float32 and under mixed bfloat16 (its output dtype included)."""
+    from gpt2_tf.model.layers import LayerNorm
+
+    rng = np.random.default_rng(7)
+    layer = LayerNorm(epsilon=1e-5, dtype="mixed_bfloat16" if dtype == "bfloat16" else "float32")
+    layer.build((6, 16))
+    layer.gamma.assign(rng.normal(1, 0.3, 16).astype("float32"))
+    layer.beta.assign(rng.normal(0, 0.3, 16).astype("float32"))
+    x = tf.cast(rng.normal(0.5, 2, (6, 16)), dtype)
+    columns = decoding.layer_norm_t(tf.transpose(x), layer.gamma, layer.beta, layer.epsilon)
+    plain = layer(x)
+    assert columns.dtype == plain.dtype == tf.as_dtype(dtype)
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == "float32" else dict(rtol=1e-2, atol=1e-2)
+    np.testing.assert_allclose(
+        tf.cast(tf.transpose(columns), tf.float32), tf.cast(plain, tf.float32), **tol
+    )

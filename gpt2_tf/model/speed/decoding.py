@@ -1,18 +1,19 @@
 """KV-cache decoding kernels: the GPT-2 backbone's `call_with_cache` for a decoding step's few
 rows, with the same results as the plain layers' (figures in `speed/__init__.py`).
 
-Each Dense kernel is transposed once per decoding call (`kernels`), and a product is
-(kernel_t @ x^T)^T, the fast layout for few rows. Activations stay 2-D ([B * t, E]: one MatMul
-each, not a tensordot's dozen ops), and the cache is written in place (`_write_rows`).
+Each Dense kernel is transposed once per decoding call (`kernels`), and the residual stream runs
+transposed, x_t [E, B * t]: each product is kernel_t @ x_t, the fast layout for few rows, with
+no transpose between two blocks (LayerNorm normalizes x_t's columns, `layer_norm_t`). The cache
+is written in place (`_write_rows`).
 
-A block's work between the cache writes is three functions: `qkv_t` (the c_attn product),
-`attention_t` (attention over the cache, then c_proj) and `mlp_t`, and the head is `head_t`; each
-returns its result transposed, [out, rows]. With `Kernels.xla` (the library's graph decoding
+A block is two functions on either side of its cache write: `qkv_t` (ln_1, c_attn, and the
+split into heads) and `rest_of_block_t` (attention over the cache, c_proj, ln_2 and the MLP,
+with both residuals); the head is `head_t`. With `Kernels.xla` (the library's graph decoding
 loop) each runs as a small XLA program called from the loop: XLA's products for few rows read
-the weights faster than oneDNN's, and it fuses the attention's small ops. Without it (the
+the weights faster than oneDNN's, and it fuses the small ops between them. Without it (the
 SavedModel export, which must run where XLA's CPU compiler is off, as in TensorFlow Serving's
-default) they are graph ops. Each XLA program is given the kernel already transposed and returns
-[out, rows]: given the transposes to fold, XLA picks a slower product layout.
+default) they are graph ops. Each XLA program is given the kernels already transposed: given
+the transposes to fold, XLA picks a slower product layout.
 
 These kernels are for TensorFlow's graph executor. Inside an XLA program (`Generator` with
 `jit_compile`) the plain layers run instead: XLA writes the cache in place and lays out the
@@ -21,6 +22,7 @@ products itself, and the speed kernels' `InplaceUpdate` has no XLA form.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -75,14 +77,9 @@ def kernels(backbone, xla: bool = False) -> Kernels:
     return Kernels(blocks, xla)
 
 
-def project_t(x, kernel_t, bias=None):
-    """x [N, in] @ kernel + bias, given kernel_t [out, in], left transposed: [out, N]."""
-    return _add_bias_t(tf.matmul(kernel_t, x, transpose_b=True), bias)
-
-
 def _add_bias_t(y_t, bias):
     """y_t [out, N] + bias [out]."""
-    return y_t if bias is None else y_t + ops.cast(bias, y_t.dtype)[:, None]
+    return y_t + ops.cast(bias, y_t.dtype)[:, None]
 
 
 def rows(y_t):
@@ -90,25 +87,38 @@ def rows(y_t):
     return tf.reshape(y_t, (1, -1)) if y_t.shape[1] == 1 else tf.transpose(y_t)
 
 
-# ---- a block's work between the cache writes, and the head: each [out, rows] ------------------
-def qkv_t(x, kernel_t, bias):
-    """c_attn: x [N, E] -> [3E, N]."""
-    return project_t(x, kernel_t, bias)
+def layer_norm_t(x_t, gamma, beta, epsilon):
+    """Keras's LayerNormalization of each column of x_t [E, N], in float32 whatever x_t's dtype,
+    in its order (`ops.layer_normalization`: x * inv + (-mean * inv + beta))."""
+    xf = tf.cast(x_t, tf.float32)
+    mean, variance = tf.nn.moments(xf, [0], keepdims=True)
+    inv = tf.math.rsqrt(variance + epsilon) * tf.cast(gamma, tf.float32)[:, None]
+    return tf.cast(xf * inv + (-mean * inv + tf.cast(beta, tf.float32)[:, None]), x_t.dtype)
 
 
-def attention_t(q, k, v, mask, kernel_t, bias):
-    """Attention of q [B, H, t, D] over the cache's k, v [B, H, S, D] (`layers.softmax_attention`),
-    heads merged, then c_proj: -> [E, B * t]."""
+# ---- a block's work on either side of its cache write, and the head: each [out, rows] ---------
+def qkv_t(heads, dim, x_t, gamma, beta, epsilon, kernel_t, bias, mask):
+    """ln_1, then c_attn: x_t [E, B * t] -> q, k, v, each [B, H, t, D] (H, D = `heads`, `dim`;
+    B and t are the attention mask's [B, 1, t, S])."""
+    qkv = _add_bias_t(tf.matmul(kernel_t, layer_norm_t(x_t, gamma, beta, epsilon)), bias)
+    batch, steps = tf.shape(mask)[0], tf.shape(mask)[2]
+    qkv = tf.reshape(qkv, (3, heads, dim, batch, steps))
+    return tf.unstack(tf.transpose(qkv, (0, 3, 1, 4, 2)), 3)
+
+
+def rest_of_block_t(x_t, q, k, v, mask, *weights):
+    """A block's work after its cache write, x_t [E, N] -> [E, N]: attention of q [B, H, t, D]
+    over the cache's k, v [B, H, S, D] (`layers.softmax_attention`), heads merged, c_proj and
+    the residual; then ln_2, c_fc, GELU, c_proj and the residual. `weights`: c_proj's kernel
+    (transposed) and bias, ln_2's gamma, beta and epsilon, c_fc's and the MLP c_proj's kernels
+    (transposed) and biases."""
+    attn_proj_t, attn_proj_bias, gamma, beta, epsilon, fc_t, fc_bias, proj_t, proj_bias = weights
     out = softmax_attention(q, k, v, mask)  # [B, H, t, D]
     heads, dim = out.shape[1], out.shape[3]
-    merged = tf.reshape(tf.transpose(out, (0, 2, 1, 3)), (-1, heads * dim))  # [B * t, E]
-    return project_t(merged, kernel_t, bias)
-
-
-def mlp_t(x, fc_t, fc_bias, proj_t, proj_bias):
-    """c_fc -> GELU -> c_proj: x [N, E] -> [E, N]; the inner activations stay [4E, N]."""
-    h_t = gelu(project_t(x, fc_t, fc_bias))
-    return _add_bias_t(tf.matmul(proj_t, h_t), proj_bias)
+    merged_t = tf.reshape(tf.transpose(out, (1, 3, 0, 2)), (heads * dim, -1))  # [E, B * t]
+    x_t = x_t + _add_bias_t(tf.matmul(attn_proj_t, merged_t), attn_proj_bias)
+    h_t = gelu(_add_bias_t(tf.matmul(fc_t, layer_norm_t(x_t, gamma, beta, epsilon)), fc_bias))
+    return x_t + _add_bias_t(tf.matmul(proj_t, h_t), proj_bias)  # the [4E, N] stays inside
 
 
 def head_t(table, hidden):
@@ -117,14 +127,18 @@ def head_t(table, hidden):
     return tf.matmul(ops.cast(table, hidden.dtype), hidden, transpose_b=True)
 
 
-_AS_XLA = {f: tf.function(f, jit_compile=True) for f in (qkv_t, attention_t, mlp_t, head_t)}
+@functools.cache
+def _as_xla(fn, *static):
+    """`fn` with its leading arguments `static` (Python values) bound, as an XLA program."""
+    return tf.function(functools.partial(fn, *static), jit_compile=True)
 
 
-def _run(fn, xla: bool, *args):
-    """`fn(*args)` as graph ops, or with `xla` as its XLA program (compiled once per shape)."""
+def _run(fn, xla: bool, *args, static=()):
+    """`fn(*static, *args)` as graph ops, or with `xla` as its XLA program (compiled once per
+    shape)."""
     if not xla:
-        return fn(*args)
-    return _AS_XLA[fn](*(tf.convert_to_tensor(a) for a in args))
+        return fn(*static, *args)
+    return _as_xla(fn, *static)(*(tf.convert_to_tensor(a) for a in args))
 
 
 def _write_rows(cache, slots, new):
@@ -140,42 +154,38 @@ def _write_rows(cache, slots, new):
     return tf.reshape(flat, tf.shape(cache))
 
 
-def _attention(attn, x, mask, cache, slots, batch, steps, kernels, xla):
-    """`CausalSelfAttention` for x [B * t, E] and kernels (c_attn, c_proj) transposed."""
-    qkv = _run(qkv_t, xla, x, kernels[0], attn.c_attn.bias)  # [3E, B * t]
-    qkv = tf.reshape(qkv, (3, attn.n_head, attn.head_dim, batch, steps))
-    q, k, v = tf.unstack(tf.transpose(qkv, (0, 3, 1, 4, 2)), 3)  # each [B, H, t, D]
+def _block(block, x_t, mask, cache, slots, kernels, xla):
+    """`Block.call_with_cache` for x_t [E, B * t], given the block's kernels transposed."""
+    attn, mlp, ln_1, ln_2 = block.attn, block.mlp, block.ln_1, block.ln_2
+    ln_1_weights = (ln_1.gamma, ln_1.beta, ln_1.epsilon)
+    static = (attn.n_head, attn.head_dim)
+    q, k, v = _run(
+        qkv_t, xla, x_t, *ln_1_weights, kernels[0], attn.c_attn.bias, mask, static=static
+    )
     k_all, v_all = (_write_rows(c, slots, new) for c, new in zip(cache, (k, v)))
-    out = _run(attention_t, xla, q, k_all, v_all, mask, kernels[1], attn.c_proj.bias)
-    return rows(out), (k_all, v_all)
-
-
-def _mlp(mlp, x, kernels, xla):
-    """`MLP` for x [N, E] and kernels (c_fc, c_proj) transposed."""
-    fc, proj = mlp.c_fc, mlp.c_proj
-    return rows(_run(mlp_t, xla, x, kernels[0], fc.bias, kernels[1], proj.bias))
+    weights = (kernels[1], attn.c_proj.bias, ln_2.gamma, ln_2.beta, ln_2.epsilon)
+    weights += (kernels[2], mlp.c_fc.bias, kernels[3], mlp.c_proj.bias)
+    return _run(rest_of_block_t, xla, x_t, q, k_all, v_all, mask, *weights), (k_all, v_all)
 
 
 def call_with_cache(backbone, x, mask, cache, index, block_kernels=None):
     """The backbone's blocks and final LayerNorm for x [B, t, E] (embedded) at cache slots
     index..index+t-1 -> (hidden [B, t, E], cache sharing the given buffers). `mask` is the
-    [B, 1, t, S] attention mask; `block_kernels` is `kernels(backbone)`, made here if None."""
+    [B, 1, t, S] attention mask; `block_kernels` is `kernels(backbone)`, made here if None.
+    The residual stream runs transposed, [E, B * t], from the embedding to the final LayerNorm,
+    so each product is kernel_t @ x_t with no transpose between the blocks."""
     block_kernels = kernels(backbone) if block_kernels is None else block_kernels
     b, t, e = ops.shape(x)[0], ops.shape(x)[1], backbone.config.n_embd
     s = ops.shape(mask)[-1]
-    x = tf.reshape(x, (-1, e))  # [B * t, E]
+    x_t = tf.transpose(tf.reshape(x, (-1, e)))  # [E, B * t]
     # The cache rows written now, with each [B, H, S, D] buffer seen as [B * H * S, D]
     heads = tf.range(b * backbone.config.n_head)[:, None] * s  # [B * H, 1]
     slots = tf.reshape(heads + tf.range(t)[None, :] + index, (-1,))  # [B * H * t]
-    new_cache, xla = [], block_kernels.xla
+    new_cache = []
     for block, layer_cache, k in zip(backbone.blocks, cache, block_kernels.blocks):
-        a, layer_cache = _attention(
-            block.attn, block.ln_1(x), mask, layer_cache, slots, b, t, k, xla
-        )
-        x = x + a
-        x = x + _mlp(block.mlp, block.ln_2(x), k[2:], xla)
+        x_t, layer_cache = _block(block, x_t, mask, layer_cache, slots, k, block_kernels.xla)
         new_cache.append(layer_cache)
-    return tf.reshape(backbone.ln_f(x), (b, t, e)), tuple(new_cache)
+    return tf.reshape(backbone.ln_f(rows(x_t)), (b, t, e)), tuple(new_cache)
 
 
 def step_logits(hidden, table, xla: bool = False):
