@@ -1,8 +1,12 @@
 """`make bench`: gpt2_tf against Hugging Face transformers (PyTorch) and keras-hub, one machine.
 
 Each case runs in its own process (`benchmarks/cases.py`), so its peak resident memory is its
-own. Writes `benchmarks/results/bench.md` and `bench.json`: the machine, each figure (median of
-timed repetitions after warm-up), the ratio gpt2_tf / best other system, and the fraction of the
+own. The systems of a training or generation row run in turns (`run_in_turns`): their processes
+start together, and each warm-up and timed repetition runs while the others wait, round the
+row, so each row's ratio compares the same minutes of this drifting VM.
+
+Writes `benchmarks/results/bench.md` and `bench.json`: the machine, each figure (median of timed
+repetitions after warm-up), the ratio gpt2_tf / best other system, and the fraction of the
 machine's measured matrix-multiply rate each system reaches (training ~6 x parameters FLOPs per
 token, LoRA ~4 x, generation ~2 x).
 
@@ -15,11 +19,14 @@ import argparse
 import json
 import os
 import platform
+import select
 import subprocess
 import sys
+import tempfile
 import time
 
 from benchmarks import avx2_only
+from benchmarks import cases as cases_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
@@ -30,29 +37,23 @@ PARAMS_124M = 124_439_808  # GPT-2 124M with the tied head
 ENVIRONMENT = dict(os.environ)
 
 
-def run_case(name: str, args: dict, timeout: int = 300) -> dict:
-    """One case in its own process. A case over `timeout` seconds (the longest took 68 s on the
-    Intel machine of issue 7) is stopped and reported, so the run stays under 15 minutes."""
-    start = time.monotonic()
+def _case_env(name: str, args: dict) -> dict:
     env = dict(ENVIRONMENT)
     if args.get("emulate") == "avx2":  # the AVX2-only CPU (benchmarks/avx2_only)
         # keras-hub gets TensorFlow's own oneDNN default there; gpt2_tf makes its own choice.
         env.update(avx2_only.env(tensorflow_default="keras_hub" in name, base=ENVIRONMENT))
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks.cases", name, json.dumps(args)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-        )
-    except subprocess.TimeoutExpired:
-        print(f"  {name} {args}: stopped after {timeout} s", flush=True)
-        return {"error": f"stopped after {timeout} s"}
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+    return env
+
+
+def _case_command(name: str, args: dict) -> list[str]:
+    return [sys.executable, "-m", "benchmarks.cases", name, json.dumps(args)]
+
+
+def _result(name: str, args: dict, returncode: int, stdout: str, stderr: str, start: float):
+    """A case's RESULT line as a dict, or {"error": ...} with its last line of output."""
+    lines = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
+    if returncode or not lines:
+        tail = (stderr or stdout).strip().splitlines()[-1:] or ["no output"]
         print(f"  {name} {args}: FAILED: {tail[0][:200]}", flush=True)
         return {"error": tail[0][:300]}
     result = json.loads(lines[-1][len("RESULT ") :])
@@ -63,6 +64,81 @@ def run_case(name: str, args: dict, timeout: int = 300) -> dict:
         flush=True,
     )
     return result
+
+
+def run_case(name: str, args: dict, timeout: int = 300) -> dict:
+    """One case in its own process. A case over `timeout` seconds (the longest took 68 s on the
+    Intel machine of issue 7) is stopped and reported, so the run stays under 15 minutes."""
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(
+            _case_command(name, args),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=_case_env(name, args),
+        )
+    except subprocess.TimeoutExpired:
+        print(f"  {name} {args}: stopped after {timeout} s", flush=True)
+        return {"error": f"stopped after {timeout} s"}
+    return _result(name, args, proc.returncode, proc.stdout, proc.stderr, start)
+
+
+def run_in_turns(cases: list[tuple[str, dict]], timeout: int = 300) -> list[dict]:
+    """The systems of one row, each in its own process as in `run_case`, started together and
+    then run in turns: each warm-up and each timed repetition (`cases.turn`) runs while every
+    other process of the row waits, and the turns go round the systems, so a row's systems take
+    their repetitions in the same minutes. This VM's speed drifts by up to 2x between minutes:
+    run one after the other, two systems of a row could be timed in different windows. Start-up
+    (imports, model builds) overlaps; nothing timed does. A process that says nothing for
+    `timeout` seconds is stopped and reported."""
+    start, procs = time.monotonic(), []
+    for name, args in cases:
+        go_read, go_write = os.pipe()  # bench -> case: "g", your turn
+        back_read, back_write = os.pipe()  # case -> bench: "w", waiting for a turn
+        env = {**_case_env(name, args), cases_module.TURN_ENV: f"{go_read},{back_write}"}
+        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        proc = subprocess.Popen(
+            _case_command(name, args),
+            cwd=ROOT,
+            stdout=out,
+            stderr=err,
+            text=True,
+            env=env,
+            pass_fds=(go_read, back_write),
+        )
+        os.close(go_read)
+        os.close(back_write)
+        procs.append(dict(proc=proc, go=go_write, back=back_read, out=out, err=err, error=None))
+
+    def wait_for(p) -> bool:
+        """Whether p now waits for a turn (False: it exited, or was stopped)."""
+        ready, _, _ = select.select([p["back"]], [], [], timeout)
+        if not ready:
+            p["proc"].kill()
+            p["error"] = f"stopped after {timeout} s without a word"
+            return False
+        return os.read(p["back"], 1) == b"w"
+
+    waiting = [wait_for(p) for p in procs]  # every start-up done before the first turn
+    while any(waiting):
+        for i, p in enumerate(procs):
+            if waiting[i]:
+                os.write(p["go"], b"g")
+                waiting[i] = wait_for(p)
+    results = []
+    for (name, args), p in zip(cases, procs):
+        returncode = p["proc"].wait()
+        for fd in (p["go"], p["back"]):
+            os.close(fd)
+        p["out"].seek(0), p["err"].seek(0)
+        if p["error"]:
+            print(f"  {name} {args}: {p['error']}", flush=True)
+            results.append({"error": p["error"]})
+            continue
+        results.append(_result(name, args, returncode, p["out"].read(), p["err"].read(), start))
+    return results
 
 
 def _short(result: dict) -> str:
@@ -167,6 +243,29 @@ def _merge_machine_rows(rows: list[dict]) -> list[dict]:
     return [merged] + [r for r in rows if not native(r)]
 
 
+# Groups whose rows compare systems: each row's systems run in turns (`run_in_turns`).
+IN_TURNS = ("train", "generate", "avx2")
+
+
+def _run_group(group: str, entries: list[tuple]) -> list[dict]:
+    """Each entry's result, in order: skipped ones as such; in an `IN_TURNS` group the systems
+    of a row (same setting and LoRA rank) together in turns, elsewhere one case at a time."""
+    results: dict[int, dict] = {}
+    rows: dict[tuple, list[int]] = {}
+    for i, (_, case, variant, lora, args) in enumerate(entries):
+        if args.get("skip"):
+            print(f"  {case} {args}: {args['skip']}", flush=True)
+            results[i] = {"skipped": args["skip"]}
+        elif group in IN_TURNS:
+            rows.setdefault((variant, lora), []).append(i)
+        else:
+            results[i] = run_case(case, args)
+    for indices in rows.values():
+        cases = [(entries[i][1], entries[i][4]) for i in indices]
+        results.update(zip(indices, run_in_turns(cases)))
+    return [results[i] for i in range(len(entries))]
+
+
 def machine_info() -> dict:
     import importlib.metadata as md
 
@@ -212,12 +311,8 @@ def main() -> None:
     rows, start = [], time.monotonic()
     for group in wanted:
         print(f"[{group}]", flush=True)
-        for row_group, case, variant, lora, args in groups[group]:
-            if args.get("skip"):
-                print(f"  {case} {args}: {args['skip']}", flush=True)
-                result = {"skipped": args["skip"]}
-            else:
-                result = run_case(case, args)
+        results = _run_group(group, groups[group])
+        for (row_group, case, variant, lora, args), result in zip(groups[group], results):
             # A per-batch case gives one row per batch (an error gives one error row per batch).
             variants = args.get("batches", [variant])
             parts = result.get("per_batch") or [result] * len(variants)

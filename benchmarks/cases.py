@@ -8,6 +8,7 @@ the GPT-2 124M shape unless `preset` says otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -20,14 +21,37 @@ SHARED = os.path.join(
 )
 
 
+# Set by `bench.run_in_turns`: "<read fd>,<write fd>" of this process's two pipes to it.
+TURN_ENV = "GPT2_TF_BENCH_TURN"
+
+
+@contextlib.contextmanager
+def turn():
+    """Runs the block in this process's turn: under `bench.run_in_turns` it says it waits (one
+    byte), blocks until the bench hands it the turn, and the block runs while every other system
+    of the row waits in here. Alone (no TURN_ENV), the block just runs."""
+    fds = os.environ.get(TURN_ENV)
+    if fds:
+        read_fd, write_fd = (int(x) for x in fds.split(","))
+        os.write(write_fd, b"w")
+        if os.read(read_fd, 1) != b"g":
+            raise SystemExit("the bench closed the turn pipe")
+    yield
+
+
 def timed(fn, warmup: int, reps: int) -> float:
-    for _ in range(warmup):
-        fn()
+    """The median seconds of `reps` calls of fn after `warmup` calls: the warm-up and each timed
+    call a turn of their own (`turn`)."""
+    if warmup:
+        with turn():
+            for _ in range(warmup):
+                fn()
     times = []
     for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+        with turn():
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
@@ -280,8 +304,9 @@ def generate_hf(a: dict) -> dict:
 
         # PyTorch runs eagerly (nothing to compile per shape): a warm-up of a few tokens warms
         # it as well as a full one, and saves the bench about 20 s.
-        for _ in range(a["warmup"]):
-            run(8)
+        with turn():
+            for _ in range(a["warmup"]):
+                run(8)
         seconds = timed(run, 0, a["reps"])
         return {"seconds": seconds, "new_tokens_per_second": batch * a["new_tokens"] / seconds}
 
@@ -416,6 +441,20 @@ def prep(a: dict) -> dict:
     return {"seconds": seconds, "rows": rows[-1], "examples_per_second": rows[-1] / seconds}
 
 
+def turns_probe(a: dict) -> dict:
+    """`timed` over a sleep of a["sleep"] seconds, each call's (start, end) wall-clock times:
+    what `tests/test_bench.py` reads to check `bench.run_in_turns`."""
+    spans = []
+
+    def nap():
+        start = time.time()
+        time.sleep(a["sleep"])
+        spans.append((start, time.time()))
+
+    timed(nap, a["warmup"], a["reps"])
+    return {"spans": spans}
+
+
 def matmul(a: dict) -> dict:
     """The machine's limits, in TensorFlow: dense matrix-multiply rate (FLOP/s) in float32 and
     bfloat16, and memory bandwidth (bytes/s read by a sum over 500 MB, the size of GPT-2 124M's
@@ -450,6 +489,7 @@ CASES = {
         tokenize,
         prep,
         matmul,
+        turns_probe,
     )
 }
 

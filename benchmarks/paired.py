@@ -5,10 +5,10 @@ after round.
                                 [--peer hf|keras_hub] [--quick]
 
 On this kind of shared VM the machine's speed changes by up to 2x from one minute to the next
-(CPU steal, page-fault cost), so in a sequential `make bench` the two systems of a row can be
-measured in different windows. Here each round runs gpt2_tf's case and then the peer's, each in
-its own process as in `make bench`, and the ratio is taken within the round; the median over
-rounds is printed. Rows: full-fp32, lora-fp32, full-bf16, lora-bf16, generate (batch 1 and 8).
+(CPU steal, page-fault cost). `make bench` runs a row's systems in turns, step by step, for one
+round; here each round runs gpt2_tf's case and then the peer's, each in its own process as in
+`make bench`, and the ratio is taken within the round; the median over rounds is printed.
+Rows: full-fp32, lora-fp32, full-bf16, lora-bf16, generate (batch 1 and 8).
 """
 
 from __future__ import annotations

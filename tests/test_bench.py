@@ -83,3 +83,20 @@ def test_paired_rows_name_cases_that_exist(peer):
         assert all(callable(getattr(cases, s)) for s in systems)
         if row != "generate":
             assert (args["precision"], args["lora_rank"]) == paired.ROWS[row]
+
+
+def test_a_rows_systems_take_their_turns_one_at_a_time_round_the_row():
+    """`run_in_turns`: three processes' warm-ups and timed calls never overlap, and the timed
+    calls go round the three, so every system of a row is timed in the same minutes."""
+    probe = dict(sleep=0.15, warmup=1, reps=3)
+    results = bench.run_in_turns([("turns_probe", probe)] * 3, timeout=60)
+    spans = sorted(
+        (start, end, system)
+        for system, result in enumerate(results)
+        for start, end in result["spans"]
+    )
+    assert len(spans) == 3 * 4
+    for (_, end, _), (start, _, _) in zip(spans, spans[1:]):
+        assert start >= end  # one at a time
+    order = [system for *_, system in spans]
+    assert order == [0, 1, 2] * 4  # the warm-ups, then each round of timed calls
