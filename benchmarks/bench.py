@@ -132,7 +132,8 @@ def run_in_turns(cases: list[tuple[str, dict]], timeout: int = 300) -> list[dict
         returncode = p["proc"].wait()
         for fd in (p["go"], p["back"]):
             os.close(fd)
-        p["out"].seek(0), p["err"].seek(0)
+        p["out"].seek(0)
+        p["err"].seek(0)
         if p["error"]:
             print(f"  {name} {args}: {p['error']}", flush=True)
             results.append({"error": p["error"]})
