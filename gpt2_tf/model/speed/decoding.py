@@ -88,12 +88,9 @@ def rows(y_t):
 
 
 def layer_norm_t(x_t, gamma, beta, epsilon):
-    """Keras's LayerNormalization of each column of x_t [E, N], in float32 whatever x_t's dtype,
-    in its order (`ops.layer_normalization`: x * inv + (-mean * inv + beta))."""
-    xf = tf.cast(x_t, tf.float32)
-    mean, variance = tf.nn.moments(xf, [0], keepdims=True)
-    inv = tf.math.rsqrt(variance + epsilon) * tf.cast(gamma, tf.float32)[:, None]
-    return tf.cast(xf * inv + (-mean * inv + tf.cast(beta, tf.float32)[:, None]), x_t.dtype)
+    """The LayerNorm of each column of x_t [E, N]: Keras's own op (the one its LayerNormalization
+    layer calls, in float32 whatever x_t's dtype) over axis 0."""
+    return ops.layer_normalization(x_t, gamma, beta, axis=0, epsilon=epsilon)
 
 
 # ---- a block's work on either side of its cache write, and the head: each [out, rows] ---------
