@@ -40,6 +40,10 @@ class ModelFunction:
         """`also`: more things a trace depends on, read at each call (e.g. `speed.enabled`).
         The model is held weakly (see `for_model`); `fn` should hold it weakly too."""
         self._model, self.traces, self._also = weakref.ref(model), 0, also
+        # No autograph (as Keras's own compiled functions): these functions' loops and branches
+        # are tf.while_loop / tf.cond or Python's, and converting the model's call tree takes
+        # longer than the trace itself.
+        tf_function_kwargs.setdefault("autograph", False)
         self._kwargs, self._key, self._fn = tf_function_kwargs, None, None
 
         def counted(*args, **kwargs):  # a closure of its own: TensorFlow's retracing warning
