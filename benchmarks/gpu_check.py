@@ -16,7 +16,7 @@
 
 Each check runs in its own process with its own time limit, so one failure or hang leaves the
 others' rows. With no GPU visible it says so and exits 0. `--cpu` runs the same checks on the CPU
-with a tiny model (`--quick`: fewer tests), which is how tests/test_gpu_check.py checks the
+with a tiny model (`--quick`: two of the tests, in one process), which is how tests/test_gpu_check.py checks the
 script on a machine without a GPU.
 """
 
@@ -38,7 +38,11 @@ TESTS = [
     "tests/test_training.py",
     "tests/test_generation.py",
 ]
-QUICK_TESTS = ["tests/test_model.py", "tests/test_train_step.py::test_auto_chooses_by_device"]
+# --quick (the CPU dry run that `make test` makes): that pytest runs at all, in one process.
+QUICK_TESTS = [
+    "tests/test_model.py::test_cached_decoding_equals_full_forward",
+    "tests/test_train_step.py::test_auto_chooses_by_device",
+]
 # bfloat16 dense tensor-core peaks (FLOP/s, no sparsity) by a name the GPU reports.
 PEAK_BF16 = {
     "H200": 989e12,
@@ -282,7 +286,8 @@ def _env(cpu: bool) -> dict:
 
 
 def run_tests(cpu: bool, quick: bool) -> dict:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2"]
+    workers = "0" if quick else "2"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", workers]
     cmd += QUICK_TESTS if quick else TESTS
     if not quick:  # separate processes that start CPU devices of their own
         cmd += ["-k", "not sigkill and not multi_worker and not mirrored_equals"]
