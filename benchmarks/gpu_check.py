@@ -16,8 +16,8 @@
 
 Each check runs in its own process with its own time limit, so one failure or hang leaves the
 others' rows. With no GPU visible it says so and exits 0. `--cpu` runs the same checks on the CPU
-with a tiny model (`--quick`: two of the tests, in one process), which is how tests/test_gpu_check.py checks the
-script on a machine without a GPU.
+with a tiny model (`--quick`: two of the tests, in one process), which is how
+tests/test_gpu_check.py checks the script on a machine without a GPU.
 """
 
 from __future__ import annotations
