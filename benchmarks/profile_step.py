@@ -46,6 +46,8 @@ def op_times(logdir: str) -> tuple[collections.Counter, collections.Counter, col
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import gpt2_tf  # noqa: F401  (first: it sets TensorFlow's oneDNN choice, as make bench's cases)
+
+    # isort: split
     import tensorflow as tf
 
     from benchmarks.cases import _synthetic_lm_data
