@@ -43,8 +43,8 @@ class ModelFunction:
         # No autograph (as Keras's own compiled functions): these functions' loops and branches
         # are tf.while_loop / tf.cond or Python's, and converting the model's call tree takes
         # longer than the trace itself.
-        tf_function_kwargs.setdefault("autograph", False)
-        self._kwargs, self._key, self._fn = tf_function_kwargs, None, None
+        self._kwargs = {"autograph": False, **tf_function_kwargs}
+        self._key, self._fn = None, None
 
         def counted(*args, **kwargs):  # a closure of its own: TensorFlow's retracing warning
             self.traces += 1  # counts traces per Python function, across every instance

@@ -22,6 +22,8 @@ Why a custom step rather than `fit`: see `train/trainer.py`.
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import tensorflow as tf
 
@@ -52,13 +54,14 @@ class TrainStep:
         if jit_compile and self.loss_scaled:
             raise ValueError("jit_compile: mixed_float16's loss scaling needs the graph step")
         self.replicas = strategy.num_replicas_in_sync
-        # autograph=False, as Keras's own train step (`do_not_convert`): the step's control flow
+        # autograph off, as Keras's own train step (`do_not_convert`): the step's control flow
         # is Python's, so converting its call tree (model, layers, optimizer) only costs time.
-        self._fn = tf.function(self._xla_step if jit_compile else self._graph_step, autograph=False)
+        compiled = functools.partial(tf.function, autograph=False)
+        self._fn = compiled(self._xla_step if jit_compile else self._graph_step)
         # XLA programs, compiled once per input shape (padded and packed rows: one shape).
-        self._whole = tf.function(self._whole_local, jit_compile=True, autograph=False)
-        self._gradients = tf.function(self._gradients_local, jit_compile=True, autograph=False)
-        self._update = tf.function(self._update_local, jit_compile=True, autograph=False)
+        self._whole = compiled(self._whole_local, jit_compile=True)
+        self._gradients = compiled(self._gradients_local, jit_compile=True)
+        self._update = compiled(self._update_local, jit_compile=True)
 
     def __call__(self, iterator) -> dict:
         return self._fn(iterator)
