@@ -16,8 +16,8 @@
 
 Each check runs in its own process with its own time limit, so one failure or hang leaves the
 others' rows. With no GPU visible it says so and exits 0. `--cpu` runs the same checks on the CPU
-with a tiny model (`--quick`: two of the tests, in one process), which is how
-tests/test_gpu_check.py checks the script on a machine without a GPU.
+with a tiny model (`--quick`: two of the tests in one process, the other four checks in one
+more), which is how tests/test_gpu_check.py checks the script on a machine without a GPU.
 """
 
 from __future__ import annotations
@@ -79,6 +79,10 @@ def _device_setup(cpu: bool):
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Before any check imports TensorFlow: gpt2_tf makes its oneDNN choice then, as in every
+    # gpt2_tf process (loaded after TensorFlow, an AVX2-only CPU kept oneDNN off and
+    # --jit_compile=auto chose XLA).
+    import gpt2_tf  # noqa: F401
 
 
 def check_mirrored(cpu: bool, quick: bool) -> dict:
@@ -261,21 +265,34 @@ def visible_gpus() -> list[str]:
     ]
 
 
-def _child(name: str, cpu: bool, quick: bool) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--child", name]
+def _children(names: list[str], cpu: bool, quick: bool) -> dict[str, dict]:
+    """Runs the checks `names` in one child process, in turn, under the sum of their limits:
+    {name: its result, or {"error": why}}. The child prints one `RESULT name {json}` line per
+    check as it finishes, so a failure or a hang keeps the rows already done."""
+    cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--child", ",".join(names)]
     cmd += ["--cpu"] * cpu + ["--quick"] * quick
+    limit = sum(LIMITS[name] for name in names)
     start = time.monotonic()
     try:
         proc = subprocess.run(
-            cmd, cwd=ROOT, capture_output=True, text=True, timeout=LIMITS[name], env=_env(cpu)
+            cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit, env=_env(cpu)
         )
-    except subprocess.TimeoutExpired:
-        return {"error": f"stopped after {LIMITS[name]} s"}
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    if proc.returncode or not lines:
+        stdout, why = proc.stdout, None
+    except subprocess.TimeoutExpired as stopped:
+        stdout, why = _text(stopped.stdout), f"stopped after {limit} s"
+    results = {}
+    for line in stdout.splitlines():
+        if line.startswith("RESULT "):
+            name, _, result = line[7:].partition(" ")
+            results[name] = {**json.loads(result), "wall_s": time.monotonic() - start}
+    if why is None:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        return {"error": tail[0][:300]}
-    return {**json.loads(lines[-1][7:]), "wall_s": time.monotonic() - start}
+        why = tail[0][:300]
+    return {name: results.get(name, {"error": why}) for name in names}
+
+
+def _text(out) -> str:
+    return out.decode("utf-8", "replace") if isinstance(out, bytes) else out or ""
 
 
 def _env(cpu: bool) -> dict:
@@ -347,7 +364,9 @@ def main() -> int:
     opts = parser.parse_args()
     if opts.child:
         _device_setup(opts.cpu)
-        print("RESULT " + json.dumps(CHECKS[opts.child](opts.cpu, opts.quick)), flush=True)
+        for name in opts.child.split(","):
+            result = json.dumps(CHECKS[name](opts.cpu, opts.quick))
+            print(f"RESULT {name} {result}", flush=True)
         return 0
     if opts.cpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
@@ -364,14 +383,19 @@ def main() -> int:
     where = ", ".join(gpus) if gpus else "CPU (--cpu)"
     print(f"gpu-check on {where}", flush=True)
     start, rows = time.monotonic(), []
-    for name in ("tests", "mirrored", "throughput", "generation", "export"):
-        if name == "tests":
-            result = run_tests(opts.cpu, opts.quick)
+    # Each check in a child of its own; --quick runs the four after the tests in one child (the
+    # CPU dry run: one TensorFlow start-up instead of four).
+    checks = list(CHECKS)
+    groups = [["tests"], checks] if opts.quick else [["tests"]] + [[name] for name in checks]
+    for group in groups:
+        if group == ["tests"]:
+            results = {"tests": run_tests(opts.cpu, opts.quick)}
         else:
-            result = _child(name, opts.cpu, opts.quick)
-        status, text = _row(name, result)
-        rows.append((name, status, text))
-        print(f"  {name}: {status}: {text}", flush=True)
+            results = _children(group, opts.cpu, opts.quick)
+        for name in group:
+            status, text = _row(name, results[name])
+            rows.append((name, status, text))
+            print(f"  {name}: {status}: {text}", flush=True)
     print()
     print("| check | result | figures |")
     print("|---|---|---|")

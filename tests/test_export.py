@@ -85,6 +85,26 @@ for seed in range(4):  # sampled at a high temperature: byte tokens come out in 
                             out["lengths"].numpy().tolist()):
         sampled.append([text.decode("utf-8"), ids[:n]])
 res["sampled"] = sampled
+
+# Settings at and past their limits: clamped or refused as in Python (test_generation.py).
+def run(prompts, temperature=1.0, top_k=0, top_p=1.0):
+    out = f(prompts=tf.constant(prompts, tf.string), max_new_tokens=tf.constant(8),
+            temperature=tf.constant(temperature), top_k=tf.constant(top_k),
+            top_p=tf.constant(top_p), seed=tf.constant(3))
+    return out["output_ids"].numpy().tolist(), out["outputs"].numpy().tolist()
+limits = {{"none": [len(x) for x in run([])]}}
+limits["free"], _ = run({PROMPTS!r})
+limits["huge_k"], _ = run({PROMPTS!r}, top_k=10**6)
+limits["greedy"], _ = run({PROMPTS!r}, temperature=0.0)
+limits["p0"], _ = run({PROMPTS!r}, top_p=0.0)
+for name, kw in (("nan", dict(temperature=float("nan"))), ("p", dict(top_p=1.5)),
+                 ("k", dict(top_k=-1))):
+    try:
+        run({PROMPTS!r}, **kw)
+        limits[name] = "accepted"
+    except tf.errors.InvalidArgumentError as e:
+        limits[name] = e.message
+res["limits"] = limits
 print(json.dumps(res))
 """)
     prompts = [p or "<|endoftext|>" for p in PROMPTS]  # an empty prompt continues from EOT
@@ -99,28 +119,7 @@ print(json.dumps(res))
     for text, ids in served["sampled"]:  # what the Python path makes of the same ids
         assert text == tokenizer.decode([t for t in ids if t != tokenizer.eos_id])
 
-    # Settings at and past their limits: clamped or refused as in Python (test_generation.py).
-    limits = in_fresh_process(f"""
-f = tf.saved_model.load({path!r}).signatures["serving_default"]
-def run(prompts, temperature=1.0, top_k=0, top_p=1.0):
-    out = f(prompts=tf.constant(prompts, tf.string), max_new_tokens=tf.constant(8),
-            temperature=tf.constant(temperature), top_k=tf.constant(top_k),
-            top_p=tf.constant(top_p), seed=tf.constant(3))
-    return out["output_ids"].numpy().tolist(), out["outputs"].numpy().tolist()
-res = {{"none": [len(x) for x in run([])]}}
-res["free"], _ = run({PROMPTS!r})
-res["huge_k"], _ = run({PROMPTS!r}, top_k=10**6)
-res["greedy"], _ = run({PROMPTS!r}, temperature=0.0)
-res["p0"], _ = run({PROMPTS!r}, top_p=0.0)
-for name, kw in (("nan", dict(temperature=float("nan"))), ("p", dict(top_p=1.5)),
-                 ("k", dict(top_k=-1))):
-    try:
-        run({PROMPTS!r}, **kw)
-        res[name] = "accepted"
-    except tf.errors.InvalidArgumentError as e:
-        res[name] = e.message
-print(json.dumps(res))
-""")
+    limits = served["limits"]  # settings at and past their limits, from the same process
     assert limits["none"] == [0, 0]  # no prompts, no outputs
     assert limits["huge_k"] == limits["free"] and limits["p0"] == limits["greedy"]
     assert "temperature must be a finite number" in limits["nan"]
