@@ -10,13 +10,19 @@ import pytest
 import tensorflow as tf
 
 from benchmarks.gpu_check import peak_bf16
+from gpt2_tf.core import hardware
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(*args, timeout=600):
+    """The script as `make gpu-check` runs it from a shell: without the oneDNN setting gpt2_tf
+    put in this process's environment (its children would inherit it)."""
+    env = dict(os.environ)
+    if "turned on by gpt2_tf" in hardware.describe_cpu():
+        env.pop(hardware.ONEDNN_ENV)
     cmd = [sys.executable, "-m", "benchmarks.gpu_check", *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="a GPU is visible")
@@ -35,6 +41,13 @@ def test_every_check_runs_on_the_cpu():
     assert names == ["tests", "mirrored", "throughput", "generation", "export"]
     assert all(line.split("|")[2].strip() == "ok" for line in table), table
     assert "equals generate(): True" in done.stdout
+    # The checks train on the step a user's run gets here: the children load gpt2_tf before
+    # TensorFlow, as this process did (after it, an AVX2-only CPU kept oneDNN off and
+    # --jit_compile=auto chose XLA where a user's run takes the graph step).
+    xla, _ = hardware.resolve_jit_compile("auto")
+    for name in ("mirrored", "throughput"):
+        (row,) = [line for line in table if line.split("|")[1].strip() == name]
+        assert f"XLA {str(xla).lower()}" in row, (xla, row)
 
 
 def test_the_peak_table_tells_gpus_apart():
