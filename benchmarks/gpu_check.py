@@ -272,7 +272,6 @@ def _children(names: list[str], cpu: bool, quick: bool) -> dict[str, dict]:
     cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--child", ",".join(names)]
     cmd += ["--cpu"] * cpu + ["--quick"] * quick
     limit = sum(LIMITS[name] for name in names)
-    start = time.monotonic()
     try:
         proc = subprocess.run(
             cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit, env=_env(cpu)
@@ -284,7 +283,7 @@ def _children(names: list[str], cpu: bool, quick: bool) -> dict[str, dict]:
     for line in stdout.splitlines():
         if line.startswith("RESULT "):
             name, _, result = line[7:].partition(" ")
-            results[name] = {**json.loads(result), "wall_s": time.monotonic() - start}
+            results[name] = json.loads(result)
     if why is None:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         why = tail[0][:300]
