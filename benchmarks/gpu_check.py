@@ -382,19 +382,18 @@ def main() -> int:
     where = ", ".join(gpus) if gpus else "CPU (--cpu)"
     print(f"gpu-check on {where}", flush=True)
     start, rows = time.monotonic(), []
-    # Each check in a child of its own; --quick runs the four after the tests in one child (the
-    # CPU dry run: one TensorFlow start-up instead of four).
-    checks = list(CHECKS)
-    groups = [["tests"], checks] if opts.quick else [["tests"]] + [[name] for name in checks]
-    for group in groups:
-        if group == ["tests"]:
-            results = {"tests": run_tests(opts.cpu, opts.quick)}
-        else:
-            results = _children(group, opts.cpu, opts.quick)
-        for name in group:
-            status, text = _row(name, results[name])
+
+    def report(results: dict[str, dict]) -> None:
+        for name, result in results.items():
+            status, text = _row(name, result)
             rows.append((name, status, text))
             print(f"  {name}: {status}: {text}", flush=True)
+
+    report({"tests": run_tests(opts.cpu, opts.quick)})
+    # Each check in a child of its own; --quick runs the four in one child (the CPU dry run: one
+    # TensorFlow start-up instead of four).
+    for group in [list(CHECKS)] if opts.quick else [[name] for name in CHECKS]:
+        report(_children(group, opts.cpu, opts.quick))
     print()
     print("| check | result | figures |")
     print("|---|---|---|")

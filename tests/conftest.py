@@ -9,10 +9,26 @@ import os
 
 import pytest
 
-import gpt2_tf  # noqa: F401  (first: it sets TensorFlow's oneDNN choice before TensorFlow loads)
+# The shell's oneDNN setting ("" where it had none), kept before gpt2_tf puts its own in the
+# environment, which every process started from here inherits, pytest-xdist's workers first
+# (they start from the process that loaded this file first). See `shell_env`.
+_SHELL_ONEDNN = "GPT2_TF_TESTS_SHELL_ONEDNN"
+os.environ.setdefault(_SHELL_ONEDNN, os.environ.get("TF_ENABLE_ONEDNN_OPTS", ""))
+
+import gpt2_tf  # noqa: E402, F401  (first: it sets TensorFlow's oneDNN choice before TF loads)
 
 SHARED = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 VOCAB_DIR = os.path.join(SHARED, "gpt2_tokenizer")
+
+
+def shell_env() -> dict[str, str]:
+    """This process's environment as the shell that started the tests had it: oneDNN set as
+    there, not as gpt2_tf set it here, so that a child process makes gpt2_tf's choice itself,
+    as a command a user types does."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if env[_SHELL_ONEDNN]:
+        env["TF_ENABLE_ONEDNN_OPTS"] = env[_SHELL_ONEDNN]
+    return env
 
 
 def shared(*parts: str) -> str:

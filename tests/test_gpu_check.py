@@ -11,18 +11,17 @@ import tensorflow as tf
 
 from benchmarks.gpu_check import peak_bf16
 from gpt2_tf.core import hardware
+from tests.conftest import shell_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(*args, timeout=600):
-    """The script as `make gpu-check` runs it from a shell: without the oneDNN setting gpt2_tf
-    put in this process's environment (its children would inherit it)."""
-    env = dict(os.environ)
-    if "turned on by gpt2_tf" in hardware.describe_cpu():
-        env.pop(hardware.ONEDNN_ENV)
+    """The script as `make gpu-check` runs it from a shell."""
     cmd = [sys.executable, "-m", "benchmarks.gpu_check", *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=shell_env()
+    )
 
 
 @pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="a GPU is visible")
