@@ -107,12 +107,13 @@ def _synthetic_lm_data(folder: str, seq_len: int, examples: int, vocab: int = 50
     return folder
 
 
-def train_ours(a: dict) -> dict:
+def train_step_ours(a: dict, steps: int):
+    """gpt2_tf's training step as `train_ours` times it (a `Trainer` on `steps` batches of
+    synthetic full-length rows): (a call running one step, the trainer)."""
     import tempfile
 
     from gpt2_tf.train.trainer import TrainConfig, Trainer
 
-    steps = a["warmup"] + a["reps"]
     data = _synthetic_lm_data(tempfile.mkdtemp(), a["seq_len"], a["batch"] * (steps + 1))
     cfg = TrainConfig(
         data_dir=data,
@@ -132,7 +133,12 @@ def train_ours(a: dict) -> dict:
     )
     trainer = Trainer(cfg)
     iterator = iter(trainer._epoch_dataset(0, 0))
-    seconds = timed(lambda: float(trainer.step(iterator)["loss"]), a["warmup"], a["reps"])
+    return (lambda: float(trainer.step(iterator)["loss"])), trainer
+
+
+def train_ours(a: dict) -> dict:
+    step, trainer = train_step_ours(a, a["warmup"] + a["reps"])
+    seconds = timed(step, a["warmup"], a["reps"])
     return {
         "seconds_per_step": seconds,
         "tokens_per_second": a["batch"] * a["seq_len"] / seconds,
@@ -244,7 +250,9 @@ def _hf_model(preset: str):
     return transformers.GPT2LMHeadModel(config)
 
 
-def train_hf(a: dict) -> dict:
+def train_step_hf(a: dict):
+    """Hugging Face's training step as `train_hf` times it (PEFT's LoRA on c_attn, AdamW,
+    clipping, autocast under mixed_bfloat16): a call running one step."""
     import contextlib
 
     import torch
@@ -277,7 +285,11 @@ def train_hf(a: dict) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    seconds = timed(step, a["warmup"], a["reps"])
+    return step
+
+
+def train_hf(a: dict) -> dict:
+    seconds = timed(train_step_hf(a), a["warmup"], a["reps"])
     return {"seconds_per_step": seconds, "tokens_per_second": a["batch"] * a["seq_len"] / seconds}
 
 
@@ -333,7 +345,9 @@ def _keras_hub_lm(preset: str, precision: str):
     return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
 
 
-def train_keras_hub(a: dict) -> dict:
+def train_step_keras_hub(a: dict):
+    """keras-hub's training step as `train_keras_hub` times it (`GPT2CausalLM.train_on_batch`,
+    its own LoRA, AdamW, clipping, no XLA): a call running one step."""
     import keras
     import numpy as np
 
@@ -351,7 +365,11 @@ def train_keras_hub(a: dict) -> dict:
         np.random.default_rng(0).integers(0, 50257, (a["batch"], a["seq_len"] + 1)).astype("int32")
     )
     x = {"token_ids": ids[:, :-1], "padding_mask": np.ones_like(ids[:, :-1])}
-    seconds = timed(lambda: lm.train_on_batch(x, ids[:, 1:]), a["warmup"], a["reps"])
+    return lambda: lm.train_on_batch(x, ids[:, 1:])
+
+
+def train_keras_hub(a: dict) -> dict:
+    seconds = timed(train_step_keras_hub(a), a["warmup"], a["reps"])
     return {"seconds_per_step": seconds, "tokens_per_second": a["batch"] * a["seq_len"] / seconds}
 
 

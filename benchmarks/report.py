@@ -121,6 +121,7 @@ def markdown(report: dict, params: int | None) -> str:
         "| % of machine bound | CPU steal % |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    past_bound = []  # rows over 100% of their bound: the matmul case ran in a slower window
     for group, metric in METRIC.items():
         rows = [r for r in report["rows"] if r["group"] == group]
         for setting in dict.fromkeys(_setting(r) for r in rows):
@@ -142,6 +143,8 @@ def markdown(report: dict, params: int | None) -> str:
                 bound = _bound_fraction(r, value, params, own_rate, setting)
                 frac = "" if bound is None else _fmt(bound, 1)
                 name = NAMES.get(r["case"], "gpt2_tf" if group == "prep" else r["variant"])
+                if bound is not None and bound > 100:
+                    past_bound.append(f"{setting}, {name}")
                 if value:
                     figure = f"{_fmt(value)} {metric.replace('_', ' ')}"
                 elif "skipped" in r["result"]:
@@ -153,6 +156,16 @@ def markdown(report: dict, params: int | None) -> str:
                     f"{_fmt(r['result'].get('peak_rss_mb'), 0)} | {ratio} | {frac} | "
                     f"{_fmt(r['result'].get('steal_pct'), 0)} |"
                 )
+    if past_bound:
+        runs = rate.get("runs") or [rate]
+        rates = " and ".join(f"{_fmt(x.get('float32', 0) / 1e9)}" for x in runs)
+        lines += [
+            "",
+            f"Past 100% of the bound: {'; '.join(past_bound)}. No step runs faster than the "
+            f"machine's matrix products, so the matrix-multiply case ({rates} GFLOP/s float32) "
+            "ran in a slower window than these rows: this run's bounds are too low and its % "
+            "column too high. Compare a row's systems by their ratio (they ran in turns).",
+        ]
     from benchmarks import epoch
 
     lines += epoch.table([r for r in report["rows"] if r["group"] == "epoch"])

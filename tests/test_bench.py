@@ -2,6 +2,8 @@
 quick plan's train, generate and epoch groups, each in its own process as the bench runs it, gives a
 figure (a restructuring once left every case failing on a moved import while the suite passed)."""
 
+import re
+
 import pytest
 
 from benchmarks import bench
@@ -100,3 +102,76 @@ def test_a_rows_systems_take_their_turns_one_at_a_time_round_the_row():
         assert start >= end  # one at a time
     order = [system for *_, system in spans]
     assert order == [0, 1, 2] * 4  # the warm-ups, then each round of timed calls
+
+
+def test_covered_time_counts_overlapping_spans_once():
+    from benchmarks.profile_step import covered_ms
+
+    assert covered_ms([]) == 0
+    assert covered_ms([(5.0, 6.0), (0.0, 2.0), (1.0, 3.0), (1.5, 2.5)]) == 4.0
+
+
+@pytest.mark.slow
+def test_profile_step_splits_every_systems_step_into_products_and_the_rest(capsys):
+    """`python -m benchmarks.profile_step --system ...` on the bench's full training step of
+    each system (LoRA's would need PEFT, which only the bench extra installs): matrix products,
+    found under each system's own op names (oneDNN's, Eigen's, keras-hub's Einsum, PyTorch's
+    aten::mm), take part of the profiled step's wall time, and the report splits the step into
+    them and the rest."""
+    from benchmarks import profile_step
+
+    for system in profile_step.SYSTEMS:
+        p = profile_step.profile(system, "float32", 0, "tiny", steps=1)
+        assert len(p["step_times"]) == 1 and p["step_s"] > 0
+        assert 0 < p["product_ms"] < p["profiled_s"] * 1e3, system
+        assert any(profile_step.is_product(kind) for kind in p["by_type"]), p["by_type"]
+        assert any(not profile_step.is_product(kind) for kind in p["by_type"]), p["by_type"]
+        profile_step.report(system, "full, float32, tiny", p)
+        text = capsys.readouterr().out
+        assert f"{system}, full, float32, tiny: step " in text
+        assert re.search(r"matrix products [\d,]+ ms \(\d+%\), the rest [\d,]+ ms", text), text
+
+
+def test_a_row_past_its_bound_is_named_with_the_matmul_rates_it_outran():
+    """A figure over 100% of the machine bound can only mean the matrix-multiply case ran in a
+    slower window: the report says so, naming the rows and the rates, and only then."""
+    from benchmarks.report import markdown
+
+    def report(tokens_per_second):
+        rate = {"n": 2048, "float32": 100e9, "bfloat16": 80e9, "bandwidth": 25e9}
+        train = {"batch": 4, "lora_rank": 8, "precision": "float32"}
+        rows = [
+            {
+                "group": "matmul",
+                "case": "matmul",
+                "variant": None,
+                "lora": None,
+                "args": {"n": 2048},
+                "result": {**rate, "runs": [rate, {**rate, "float32": 90e9}]},
+            }
+        ]
+        rows += [
+            {
+                "group": "train",
+                "case": case,
+                "variant": "float32",
+                "lora": 8,
+                "args": train,
+                "result": {"tokens_per_second": tps},
+            }
+            for case, tps in (("train_ours", tokens_per_second), ("train_hf", 150.0))
+        ]
+        machine = {"cpu": "test CPU", "cores": 2, "python": "3.11"}
+        return markdown(
+            {"machine": machine, "quick": False, "rows": rows, "wall_seconds": 1}, bench.PARAMS_124M
+        )
+
+    # LoRA's bound at 100 GFLOP/s: 100e9 / (4 x 124.4M) = 200.9 tokens/s
+    over = report(250.0)
+    assert "| 124.4 |" in over
+    assert (
+        "Past 100% of the bound: LoRA r8, float32, gpt2_tf. No step runs faster than the "
+        "machine's matrix products, so the matrix-multiply case (100.0 and 90.0 GFLOP/s "
+        "float32) ran in a slower window"
+    ) in over
+    assert "Past 100%" not in report(190.0)
