@@ -41,11 +41,12 @@ def is_product(op_type: str) -> bool:
     return "MatMul" in op_type or op_type == "Einsum" or op_type in TORCH_PRODUCTS
 
 
-def op_times(logdir: str) -> tuple[collections.Counter, collections.Counter, collections.Counter]:
-    """(ms per op type, calls per op type, ms per op name) from a `tf.profiler` trace. An XLA
-    program's events nest (the launch holds its fusions): each is counted under its own type."""
+def op_times(events) -> tuple[collections.Counter, collections.Counter, collections.Counter]:
+    """(ms per op type, calls per op type, ms per op name) from a `tf.profiler` trace's events
+    (`_trace_events`). An XLA program's events nest (the launch holds its fusions): each is
+    counted under its own type."""
     by_type, calls, by_name = collections.Counter(), collections.Counter(), collections.Counter()
-    for name, start, end in _trace_events(logdir):
+    for name, start, end in events:
         kind = name.split(":")[-1]
         by_type[kind] += end - start
         calls[kind] += 1
@@ -96,8 +97,9 @@ def _profile_tensorflow(step) -> tuple:
     step()
     wall = time.perf_counter() - start
     tf.profiler.experimental.stop()
-    by_type, calls, by_name = op_times(logdir)
-    products = [(s, e) for name, s, e in _trace_events(logdir) if is_product(name.split(":")[-1])]
+    events = list(_trace_events(logdir))  # the trace file read and parsed once
+    by_type, calls, by_name = op_times(events)
+    products = [(s, e) for name, s, e in events if is_product(name.split(":")[-1])]
     return wall, products, by_type, calls, by_name
 
 
