@@ -32,7 +32,7 @@ def _fmt(x, digits=1):
 EMULATED = ", AVX2-only CPU (emulated)"  # rows run under benchmarks/avx2_only
 
 
-def _setting(row) -> str:
+def setting_of(row) -> str:
     if row["group"] == "train":
         where = EMULATED if row["args"].get("emulate") else ""
         return f"{'LoRA r8' if row['lora'] else 'full'}, {row['variant']}{where}"
@@ -43,7 +43,7 @@ def _setting(row) -> str:
     return f"{row['variant']} (prep_dataset)"
 
 
-def _flops_per_token(row, params):
+def flops_per_token(row, params):
     if not params:
         return None
     if row["group"] == "train":
@@ -59,7 +59,7 @@ def _bound_fraction(row, value, params, rate, setting):
         steps_per_second = value / row["variant"]  # one decoding step per `batch` new tokens
         return 100 * steps_per_second * 4 * params / rate["bandwidth"]
     peak = rate.get("bfloat16" if "bfloat16" in setting else "float32")
-    fpt = _flops_per_token(row, params)
+    fpt = flops_per_token(row, params)
     return 100 * value * fpt / peak if fpt and peak and row["group"] == "train" else None
 
 
@@ -71,11 +71,18 @@ def _emulation(matmul: list[dict]) -> str:
     return "CPUID faulting"
 
 
+def machine_rates(rows: list[dict]) -> tuple[dict, dict]:
+    """The matrix-multiply case's rates: (this CPU's, the emulated AVX2-only CPU's); {} where
+    the run has none."""
+    matmul = [r for r in rows if r["group"] == "matmul"]
+    rate = next((r["result"] for r in matmul if not r["args"].get("emulate")), {})
+    return rate, next((r["result"] for r in matmul if r["args"].get("emulate")), {})
+
+
 def markdown(report: dict, params: int | None) -> str:
     m = report["machine"]
     matmul = [r for r in report["rows"] if r["group"] == "matmul"]
-    rate = next((r["result"] for r in matmul if not r["args"].get("emulate")), {})
-    rate_avx2 = next((r["result"] for r in matmul if r["args"].get("emulate")), {})
+    rate, rate_avx2 = machine_rates(report["rows"])
     lines = [
         f"# gpt2_tf benchmark{' (quick)' if report['quick'] else ''}",
         "",
@@ -124,8 +131,8 @@ def markdown(report: dict, params: int | None) -> str:
     past_bound = []  # rows over 100% of their bound: the matmul case ran in a slower window
     for group, metric in METRIC.items():
         rows = [r for r in report["rows"] if r["group"] == group]
-        for setting in dict.fromkeys(_setting(r) for r in rows):
-            same = [r for r in rows if _setting(r) == setting]
+        for setting in dict.fromkeys(setting_of(r) for r in rows):
+            same = [r for r in rows if setting_of(r) == setting]
             others = [
                 r["result"].get(metric)
                 for r in same
@@ -166,8 +173,9 @@ def markdown(report: dict, params: int | None) -> str:
             "ran in a slower window than these rows: this run's bounds are too low and its % "
             "column too high. Compare a row's systems by their ratio (they ran in turns).",
         ]
-    from benchmarks import epoch
+    from benchmarks import epoch, targets
 
+    lines += targets.table(targets.judge(report, params))
     lines += epoch.table([r for r in report["rows"] if r["group"] == "epoch"])
     lines += [
         "",
