@@ -27,10 +27,10 @@ import time
 
 from benchmarks import avx2_only
 from benchmarks import cases as cases_module
+from benchmarks.report import PARAMS_124M
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
-PARAMS_124M = 124_439_808  # GPT-2 124M with the tied head
 # The environment as the user gave it, before gpt2_tf is imported here (it may turn TensorFlow's
 # oneDNN on, `hardware.prefer_onednn`): each case starts from it, so keras-hub runs with
 # TensorFlow's own default, as its users get it, and gpt2_tf's cases make their own choice.
@@ -342,9 +342,11 @@ def main() -> None:
         name += "-" + opts.only.replace(",", "-")
     with open(os.path.join(RESULTS, f"{name}.json"), "w") as f:
         json.dump(report, f, indent=2)
+    from benchmarks import targets
     from benchmarks.report import markdown
 
-    text = markdown(report, PARAMS_124M if not opts.quick else None)
+    params = PARAMS_124M if not opts.quick else None
+    text = markdown(report, params) + targets.section(report, params)
     with open(os.path.join(RESULTS, f"{name}.md"), "w") as f:
         f.write(text)
     print(text)

@@ -1,4 +1,4 @@
-"""Issue 20's targets, judged on one bench run (`make bench` prints them under its table):
+"""Issue 20's targets, judged on one bench run (`make bench` ends its file with them):
 
 - training, full and LoRA, float32, and bfloat16 where the CPU runs it natively: gpt2_tf's
   tokens/s at least the lower of 1.3x the best peer (Hugging Face, keras-hub) and 90% of the
@@ -140,15 +140,19 @@ def table(checks: list[dict]) -> list[str]:
     return lines
 
 
+def section(run: dict, params: int | None) -> str:
+    """The run's verdicts as the Markdown that `make bench` adds to its file."""
+    lines = table(judge(run, params))
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Issue 20's targets in a bench run's JSON")
     parser.add_argument("results", help="a bench run's JSON (benchmarks/results/*.json)")
     opts = parser.parse_args()
     with open(opts.results) as f:
         run = json.load(f)
-    from benchmarks.bench import PARAMS_124M
-
-    print("\n".join(table(judge(run, None if run["quick"] else PARAMS_124M))).strip())
+    print(section(run, None if run["quick"] else report.PARAMS_124M).strip())
 
 
 if __name__ == "__main__":
