@@ -141,7 +141,10 @@ def table(checks: list[dict]) -> list[str]:
 
 
 def section(run: dict, params: int | None) -> str:
-    """The run's verdicts as the Markdown that `make bench` adds to its file."""
+    """The run's verdicts as the Markdown that `make bench` adds to its file; none for a
+    `--quick` run, whose tiny model the targets are not about."""
+    if run.get("quick"):
+        return ""
     lines = table(judge(run, params))
     return "\n".join(lines) + "\n" if lines else ""
 
@@ -152,7 +155,7 @@ def main() -> None:
     opts = parser.parse_args()
     with open(opts.results) as f:
         run = json.load(f)
-    print(section(run, None if run["quick"] else report.PARAMS_124M).strip())
+    print(section(run, report.PARAMS_124M).strip() or "a --quick run: no targets to judge")
 
 
 if __name__ == "__main__":

@@ -244,6 +244,7 @@ def test_the_issue_20_targets_are_judged_against_the_lower_of_peer_and_bound():
     speed, floor, _ = targets.judge(close, bench.PARAMS_124M)
     assert speed["met"] and not floor["met"]
 
+    assert targets.section(run | {"quick": True}, None) == ""  # the tiny model: not judged
     text = targets.section(run, bench.PARAMS_124M)
     assert "| train LoRA r8, float32: tokens/s | 180.0 (99.6% of it) |" in text
     assert (
