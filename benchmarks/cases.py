@@ -136,12 +136,16 @@ def train_step_ours(a: dict, steps: int):
     return (lambda: float(trainer.step(iterator)["loss"])), trainer
 
 
+def _train_figures(step, a: dict) -> dict:
+    """Seconds per step and tokens/s of a system's `train_step_*`, timed in the bench's turns."""
+    seconds = timed(step, a["warmup"], a["reps"])
+    return {"seconds_per_step": seconds, "tokens_per_second": a["batch"] * a["seq_len"] / seconds}
+
+
 def train_ours(a: dict) -> dict:
     step, trainer = train_step_ours(a, a["warmup"] + a["reps"])
-    seconds = timed(step, a["warmup"], a["reps"])
     return {
-        "seconds_per_step": seconds,
-        "tokens_per_second": a["batch"] * a["seq_len"] / seconds,
+        **_train_figures(step, a),
         "parameters": trainer.model.count_params(),
         "jit_compile": trainer.cfg.jit_compile,
     }
@@ -289,8 +293,7 @@ def train_step_hf(a: dict):
 
 
 def train_hf(a: dict) -> dict:
-    seconds = timed(train_step_hf(a), a["warmup"], a["reps"])
-    return {"seconds_per_step": seconds, "tokens_per_second": a["batch"] * a["seq_len"] / seconds}
+    return _train_figures(train_step_hf(a), a)
 
 
 def generate_hf(a: dict) -> dict:
@@ -369,8 +372,7 @@ def train_step_keras_hub(a: dict):
 
 
 def train_keras_hub(a: dict) -> dict:
-    seconds = timed(train_step_keras_hub(a), a["warmup"], a["reps"])
-    return {"seconds_per_step": seconds, "tokens_per_second": a["batch"] * a["seq_len"] / seconds}
+    return _train_figures(train_step_keras_hub(a), a)
 
 
 def generate_keras_hub(a: dict) -> dict:

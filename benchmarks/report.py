@@ -44,7 +44,7 @@ def setting_of(row) -> str:
     return f"{row['variant']} (prep_dataset)"
 
 
-def flops_per_token(row, params):
+def _flops_per_token(row, params):
     if not params:
         return None
     if row["group"] == "train":
@@ -52,16 +52,23 @@ def flops_per_token(row, params):
     return 2 * params if row["group"] == "generate" else None
 
 
-def _bound_fraction(row, value, params, rate, setting):
+def training_bound(row, params, rate) -> float | None:
+    """A training row's machine bound in tokens/s: its precision's matrix-multiply rate in
+    `rate` (the matmul case's result) over its FLOPs per token; None without either."""
+    peak = rate.get("bfloat16" if "bfloat16" in row["variant"] else "float32")
+    fpt = _flops_per_token(row, params)
+    return peak / fpt if peak and fpt else None
+
+
+def _bound_fraction(row, value, params, rate):
     """% of the machine's bound reached (see the module docstring), or None."""
     if not (value and params):
         return None
     if row["group"] == "generate" and rate.get("bandwidth"):
         steps_per_second = value / row["variant"]  # one decoding step per `batch` new tokens
         return 100 * steps_per_second * 4 * params / rate["bandwidth"]
-    peak = rate.get("bfloat16" if "bfloat16" in setting else "float32")
-    fpt = flops_per_token(row, params)
-    return 100 * value * fpt / peak if fpt and peak and row["group"] == "train" else None
+    bound = training_bound(row, params, rate) if row["group"] == "train" else None
+    return 100 * value / bound if bound else None
 
 
 def _emulation(matmul: list[dict]) -> str:
@@ -148,7 +155,7 @@ def markdown(report: dict, params: int | None) -> str:
                 )
                 ratio = _fmt(value / best_other, 2) + "x" if ours and value and best_other else ""
                 own_rate = rate_avx2 if r["args"].get("emulate") else rate
-                bound = _bound_fraction(r, value, params, own_rate, setting)
+                bound = _bound_fraction(r, value, params, own_rate)
                 frac = "" if bound is None else _fmt(bound, 1)
                 name = NAMES.get(r["case"], "gpt2_tf" if group == "prep" else r["variant"])
                 if bound is not None and bound > 100:

@@ -49,9 +49,7 @@ def _training(rows: list[dict], params: int | None) -> list[dict]:
             continue
         best = max(peers)
         own_rate = rate_avx2 if row["args"].get("emulate") else rate
-        peak = own_rate.get("bfloat16" if "bfloat16" in setting else "float32")
-        fpt = report.flops_per_token(row, params)
-        bound = peak / fpt if peak and fpt else None
+        bound = report.training_bound(row, params, own_rate)
         by_peer = PEER_FACTOR * best
         peer_rule = f"{PEER_FACTOR}x the best peer"
         if not bound:
