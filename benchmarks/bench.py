@@ -158,7 +158,7 @@ def plan(quick: bool, bfloat16: tuple[bool, str] = (True, "")) -> dict:
     """The cases by group. `bfloat16` is (native on this machine, why): without bfloat16
     hardware its training rows are skipped with the reason (every system emulates it there, and
     Hugging Face's case had not finished 4 steps in 11 minutes on an AVX2-only AMD EPYC)."""
-    size = dict(preset="tiny", seq_len=64) if quick else dict(preset="124M", seq_len=256)
+    size = cases_module.row_size("tiny" if quick else "124M")
     reps = dict(warmup=1, reps=2) if quick else dict(warmup=1, reps=3)
     train = [
         (

@@ -107,9 +107,16 @@ def _synthetic_lm_data(folder: str, seq_len: int, examples: int, vocab: int = 50
     return folder
 
 
+def row_size(preset: str) -> dict:
+    """A training row's model and length: GPT-2 at 256 tokens, or the tiny model (128
+    positions) at 64, as `bench --quick` runs it."""
+    return dict(preset=preset, seq_len=64 if preset == "tiny" else 256)
+
+
 def train_step_ours(a: dict, steps: int):
     """gpt2_tf's training step as `train_ours` times it (a `Trainer` on `steps` batches of
-    synthetic full-length rows): (a call running one step, the trainer)."""
+    synthetic full-length rows): (a call running one step, the trainer, the batch iterator the
+    call reads)."""
     import tempfile
 
     from gpt2_tf.train.trainer import TrainConfig, Trainer
@@ -133,7 +140,7 @@ def train_step_ours(a: dict, steps: int):
     )
     trainer = Trainer(cfg)
     iterator = iter(trainer._epoch_dataset(0, 0))
-    return (lambda: float(trainer.step(iterator)["loss"])), trainer
+    return (lambda: float(trainer.step(iterator)["loss"])), trainer, iterator
 
 
 def _train_figures(step, a: dict) -> dict:
@@ -143,7 +150,7 @@ def _train_figures(step, a: dict) -> dict:
 
 
 def train_ours(a: dict) -> dict:
-    step, trainer = train_step_ours(a, a["warmup"] + a["reps"])
+    step, trainer, _ = train_step_ours(a, a["warmup"] + a["reps"])
     return {
         **_train_figures(step, a),
         "parameters": trainer.model.count_params(),

@@ -138,9 +138,9 @@ def profile(
 
     if system not in SYSTEMS:
         raise ValueError(f"--system {system!r}: choose among {', '.join(SYSTEMS)}")
-    a = dict(batch=4, lora_rank=lora_rank, precision=precision, **_size(preset))
+    a = dict(batch=4, lora_rank=lora_rank, precision=precision, **cases.row_size(preset))
     if system == "gpt2_tf":
-        step, _ = cases.train_step_ours(a, steps + 3)
+        step, _, _ = cases.train_step_ours(a, steps + 3)
     else:
         step = getattr(cases, f"train_step_{system}")(a)
     for _ in range(2):  # trace (or first-call set-up) and warm up
@@ -162,11 +162,6 @@ def profile(
         calls=calls,
         by_name=by_name,
     )
-
-
-def _size(preset: str) -> dict:
-    """The bench's rows: 256 tokens, or 64 on the tiny model (128 positions), as `--quick`'s."""
-    return dict(preset=preset, seq_len=64 if preset == "tiny" else 256)
 
 
 def report(system: str, setting: str, p: dict) -> None:
@@ -218,11 +213,10 @@ def memory_peaks(precision: str, lora_rank: int, preset: str) -> None:
 
     from benchmarks import cases
 
-    a = dict(batch=4, lora_rank=lora_rank, precision=precision, **_size(preset))
-    _, trainer = cases.train_step_ours(a, 8)
-    batches = iter(trainer._epoch_dataset(0, 0))
+    a = dict(batch=4, lora_rank=lora_rank, precision=precision, **cases.row_size(preset))
+    step, trainer, batches = cases.train_step_ours(a, 8)
     for _ in range(2):  # trace and warm up
-        float(trainer.step(batches)["loss"])
+        step()
     batch = next(batches)
     forward = tf.function(lambda b: trainer.step.forward_sums(*b, training=True)[0])
 
@@ -233,7 +227,7 @@ def memory_peaks(precision: str, lora_rank: int, preset: str) -> None:
     phases = {
         "forward (training, no tape)": lambda: float(forward(batch)),
         "forward and gradients": lambda: float(gradients(batch)),
-        "train step": lambda: float(trainer.step(batches)["loss"]),
+        "train step": step,
     }
     for name, run in phases.items():
         run()
