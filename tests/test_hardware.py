@@ -139,6 +139,30 @@ def test_gpt2_tf_turns_onednn_on_for_an_avx2_only_cpu():
         print("TensorFlow's own oneDNN choice on an AVX2-only CPU not checked: CPUID is not masked")
 
 
+def test_gpt2_tf_sees_the_emulated_avx2_only_cpu():
+    """Under the CPUID-faulting emulation, gpt2_tf's own hardware checks, which read
+    /proc/cpuinfo rather than CPUID, see the CPU the libraries see: AVX2 and FMA but no AVX-512,
+    AMX or AVX-VNNI flags, so bfloat16 is not native and `auto` precision is float32, as on an
+    AVX2-only AMD EPYC. (They saw this machine's avx512_bf16 before and chose mixed_bfloat16.)"""
+    from benchmarks import avx2_only
+
+    why = avx2_only.unavailable() or (
+        avx2_only.method() != avx2_only.CPUID and "CPUID faulting is not offered here"
+    )
+    if why:
+        pytest.skip(f"AVX2 emulation: {why}")
+    probe = (
+        "from gpt2_tf.core import hardware as h; f = h.cpu_flags(); "
+        "hidden = [x for x in f if x.startswith(('avx512', 'amx')) or x == 'avx_vnni']; "
+        "print({'avx2', 'fma'} <= f, len(hidden), h.bfloat16_support()[0], "
+        "h.resolve_precision('auto')[0])"
+    )
+    assert _in_a_fresh_process(probe, avx2_only.env())[-4:] == ["True", "0", "False", "float32"]
+    # The same process, unmasked, still reads the machine's own flags.
+    native = _in_a_fresh_process(probe, {})[-4:]
+    assert native[0] == "True" and int(native[1]) > 0
+
+
 HEAP_PROBE = """
 import ctypes, resource, threading
 import gpt2_tf  # sets glibc's top pad unless MALLOC_TOP_PAD_ is set

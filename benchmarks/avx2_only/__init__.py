@@ -1,5 +1,7 @@
 """An AVX2-only x86 CPU, emulated on this one: `env()` gives the environment under which a
-process sees no AVX-512, AMX or AVX-VNNI (`avx2_only.c`, loaded with LD_PRELOAD).
+process sees no AVX-512, AMX or AVX-VNNI (`avx2_only.c`, loaded with LD_PRELOAD): neither in
+CPUID, where the libraries look, nor in /proc/cpuinfo, where gpt2_tf's own hardware checks look
+(so `--precision=auto` takes float32 there, as on the AVX2 machine).
 
 Why: the issues are measured on two machine kinds, an Intel Xeon with AMX (TensorFlow runs
 oneDNN) and a 2-core AVX2-only AMD EPYC (TensorFlow runs without it), and a session has one of
@@ -12,7 +14,8 @@ sessions), `method()` is "isa caps": each library's own switch caps its instruct
 (`ONEDNN_MAX_CPU_ISA`, `ATEN_CPU_CAPABILITY`, `MKL_ENABLE_INSTRUCTIONS`, XLA's
 `--xla_cpu_max_isa`), and TensorFlow's oneDNN default on an AVX2-only CPU (off) is set for the
 processes that do not import gpt2_tf (`env(tensorflow_default=True)`); gpt2_tf turns it on there
-itself (`hardware.prefer_onednn`). TensorFlow's own kernels are compiled for AVX, so they run
+itself (`hardware.prefer_onednn`); gpt2_tf's own hardware checks still read the machine's
+flags there. TensorFlow's own kernels are compiled for AVX, so they run
 the same code on both CPUs. Not covered: code XLA emits for its own dot products still uses
 wider vectors in part (a 2048² float32 product ran at 330 GFLOP/s capped, 388 uncapped, where
 oneDNN's capped rate was 202).

@@ -6,13 +6,19 @@
  * faulting (Linux arch_prctl ARCH_SET_CPUID; /proc/cpuinfo flag "cpuid_fault") each CPUID traps;
  * the handler runs the real instruction and clears those feature bits. The clock, caches and
  * memory stay this machine's: the figures tell how each system's software runs on AVX2, not
- * how fast a given AMD machine is. Used by `make bench` (benchmarks/avx2_only/__init__.py). */
+ * how fast a given AMD machine is. /proc/cpuinfo, where code that runs no CPUID reads the CPU's
+ * features (gpt2_tf's own hardware checks: bfloat16 support, AMX), opens as a copy whose flags
+ * lines lack the same features. Used by `make bench` (benchmarks/avx2_only/__init__.py). */
 #define _GNU_SOURCE
 #include <asm/prctl.h>
 #include <cpuid.h>
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -66,6 +72,110 @@ static void on_segv(int sig, siginfo_t *info, void *data) {
     raise(sig);
   }
 }
+
+/* /proc/cpuinfo's flags that the CPUID mask above takes away: AVX-512 (every avx512* flag), AMX and
+ * AVX-VNNI. */
+static int hidden_flag(const char *flag, size_t n) {
+  return (n >= 6 && strncmp(flag, "avx512", 6) == 0) || (n >= 4 && strncmp(flag, "amx_", 4) == 0) ||
+         (n == 8 && strncmp(flag, "avx_vnni", 8) == 0);
+}
+
+#define CPUINFO "/proc/cpuinfo"
+#define CPUINFO_MAX (1 << 20)
+
+/* A memfd holding /proc/cpuinfo with the hidden flags dropped from its "flags" lines, at offset 0;
+ * -1 (errno set) where it cannot be made. Read with raw syscalls: the open() below is this
+ * library's own. */
+static int masked_cpuinfo(void) {
+  static char in[CPUINFO_MAX], out[CPUINFO_MAX];
+  int src = (int)syscall(SYS_openat, AT_FDCWD, CPUINFO, O_RDONLY | O_CLOEXEC);
+  if (src < 0) return -1;
+  size_t len = 0;
+  for (ssize_t got; len < sizeof in - 1 && (got = read(src, in + len, sizeof in - 1 - len)) > 0;)
+    len += (size_t)got;
+  close(src);
+  in[len] = 0;
+  size_t o = 0;
+  for (char *line = in; *line;) {
+    char *end = strchr(line, '\n');
+    size_t n = end ? (size_t)(end - line) + 1 : strlen(line);
+    char *colon = memchr(line, ':', n);
+    if (strncmp(line, "flags", 5) == 0 && colon) {
+      size_t head = (size_t)(colon - line) + 1;
+      memcpy(out + o, line, head);
+      o += head;
+      for (char *p = colon + 1; p < line + n;) {
+        while (p < line + n && (*p == ' ' || *p == '\n')) p++;
+        char *q = p;
+        while (q < line + n && *q != ' ' && *q != '\n') q++;
+        if (q > p && !hidden_flag(p, (size_t)(q - p))) {
+          out[o++] = ' ';
+          memcpy(out + o, p, (size_t)(q - p));
+          o += (size_t)(q - p);
+        }
+        p = q;
+      }
+      if (end) out[o++] = '\n';
+    } else {
+      memcpy(out + o, line, n);
+      o += n;
+    }
+    line += n;
+  }
+  int fd = memfd_create("cpuinfo", MFD_CLOEXEC);
+  if (fd < 0) return -1;
+  if (write(fd, out, o) != (ssize_t)o || lseek(fd, 0, SEEK_SET) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+static int is_cpuinfo(const char *path) { return path && strcmp(path, CPUINFO) == 0; }
+
+typedef int (*open_fn)(const char *, int, ...);
+#define NEEDS_MODE(flags) (((flags) & O_CREAT) || ((flags) & O_TMPFILE) == O_TMPFILE)
+typedef int (*openat_fn)(int, const char *, int, ...);
+typedef FILE *(*fopen_fn)(const char *, const char *);
+
+#define OPEN(name)                                                   \
+  int name(const char *path, int flags, ...) {                       \
+    va_list ap;                                                      \
+    va_start(ap, flags);                                             \
+    mode_t mode = NEEDS_MODE(flags) ? va_arg(ap, mode_t) : 0;        \
+    va_end(ap);                                                      \
+    if (is_cpuinfo(path)) return masked_cpuinfo();                   \
+    static open_fn real;                                             \
+    if (!real) real = (open_fn)dlsym(RTLD_NEXT, #name);              \
+    return real(path, flags, mode);                                  \
+  }
+#define OPENAT(name)                                                 \
+  int name(int dir, const char *path, int flags, ...) {              \
+    va_list ap;                                                      \
+    va_start(ap, flags);                                             \
+    mode_t mode = NEEDS_MODE(flags) ? va_arg(ap, mode_t) : 0;        \
+    va_end(ap);                                                      \
+    if (is_cpuinfo(path)) return masked_cpuinfo();                   \
+    static openat_fn real;                                           \
+    if (!real) real = (openat_fn)dlsym(RTLD_NEXT, #name);            \
+    return real(dir, path, flags, mode);                             \
+  }
+#define FOPEN(name)                                                  \
+  FILE *name(const char *path, const char *how) {                    \
+    if (is_cpuinfo(path)) {                                          \
+      int fd = masked_cpuinfo();                                     \
+      return fd < 0 ? NULL : fdopen(fd, "r");                        \
+    }                                                                \
+    static fopen_fn real;                                            \
+    if (!real) real = (fopen_fn)dlsym(RTLD_NEXT, #name);             \
+    return real(path, how);                                          \
+  }
+OPEN(open)
+OPEN(open64)
+OPENAT(openat)
+OPENAT(openat64)
+FOPEN(fopen)
+FOPEN(fopen64)
 
 typedef int (*sigaction_fn)(int, const struct sigaction *, struct sigaction *);
 
