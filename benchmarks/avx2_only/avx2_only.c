@@ -17,6 +17,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -87,11 +88,17 @@ static int hidden_flag(const char *flag, size_t n) {
  * -1 (errno set) where it cannot be made. Read with raw syscalls: the open() below is this
  * library's own. */
 static int masked_cpuinfo(void) {
-  static char in[CPUINFO_MAX], out[CPUINFO_MAX];
-  int src = (int)syscall(SYS_openat, AT_FDCWD, CPUINFO, O_RDONLY | O_CLOEXEC);
-  if (src < 0) return -1;
+  /* Per call, not static: two threads may open the file at once. The copy is never longer than
+   * the file (each kept flag keeps the one space before it), which must fit in CPUINFO_MAX. */
+  char *in = malloc(CPUINFO_MAX), *out = malloc(CPUINFO_MAX);
+  int src = in && out ? (int)syscall(SYS_openat, AT_FDCWD, CPUINFO, O_RDONLY | O_CLOEXEC) : -1;
+  if (src < 0) {
+    free(in);
+    free(out);
+    return -1;
+  }
   size_t len = 0;
-  for (ssize_t got; len < sizeof in - 1 && (got = read(src, in + len, sizeof in - 1 - len)) > 0;)
+  for (ssize_t got; len < CPUINFO_MAX - 1 && (got = read(src, in + len, CPUINFO_MAX - 1 - len)) > 0;)
     len += (size_t)got;
   close(src);
   in[len] = 0;
@@ -122,12 +129,13 @@ static int masked_cpuinfo(void) {
     }
     line += n;
   }
+  free(in);
   int fd = memfd_create("cpuinfo", MFD_CLOEXEC);
-  if (fd < 0) return -1;
-  if (write(fd, out, o) != (ssize_t)o || lseek(fd, 0, SEEK_SET) != 0) {
+  if (fd >= 0 && (write(fd, out, o) != (ssize_t)o || lseek(fd, 0, SEEK_SET) != 0)) {
     close(fd);
-    return -1;
+    fd = -1;
   }
+  free(out);
   return fd;
 }
 
