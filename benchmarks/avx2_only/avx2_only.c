@@ -141,47 +141,46 @@ static int masked_cpuinfo(void) {
 
 static int is_cpuinfo(const char *path) { return path && strcmp(path, CPUINFO) == 0; }
 
-typedef int (*open_fn)(const char *, int, ...);
-#define NEEDS_MODE(flags) (((flags) & O_CREAT) || ((flags) & O_TMPFILE) == O_TMPFILE)
 typedef int (*openat_fn)(int, const char *, int, ...);
 typedef FILE *(*fopen_fn)(const char *, const char *);
 
-#define OPEN(name)                                                   \
-  int name(const char *path, int flags, ...) {                       \
-    va_list ap;                                                      \
-    va_start(ap, flags);                                             \
-    mode_t mode = NEEDS_MODE(flags) ? va_arg(ap, mode_t) : 0;        \
-    va_end(ap);                                                      \
-    if (is_cpuinfo(path)) return masked_cpuinfo();                   \
-    static open_fn real;                                             \
-    if (!real) real = (open_fn)dlsym(RTLD_NEXT, #name);              \
-    return real(path, flags, mode);                                  \
+/* `mode`, open's optional third argument: read only where the flags say it was passed. */
+#define MODE_ARG(flags)                                                   \
+  mode_t mode = 0;                                                        \
+  if (((flags) & O_CREAT) || ((flags) & O_TMPFILE) == O_TMPFILE) {        \
+    va_list ap;                                                           \
+    va_start(ap, flags);                                                  \
+    mode = va_arg(ap, mode_t);                                            \
+    va_end(ap);                                                           \
   }
-#define OPENAT(name)                                                 \
-  int name(int dir, const char *path, int flags, ...) {              \
-    va_list ap;                                                      \
-    va_start(ap, flags);                                             \
-    mode_t mode = NEEDS_MODE(flags) ? va_arg(ap, mode_t) : 0;        \
-    va_end(ap);                                                      \
-    if (is_cpuinfo(path)) return masked_cpuinfo();                   \
-    static openat_fn real;                                           \
-    if (!real) real = (openat_fn)dlsym(RTLD_NEXT, #name);            \
-    return real(dir, path, flags, mode);                             \
+#define OPENAT(name)                                                      \
+  int name(int dir, const char *path, int flags, ...) {                   \
+    MODE_ARG(flags)                                                       \
+    if (is_cpuinfo(path)) return masked_cpuinfo();                        \
+    static openat_fn real;                                                \
+    if (!real) real = (openat_fn)dlsym(RTLD_NEXT, #name);                 \
+    return real(dir, path, flags, mode);                                  \
   }
-#define FOPEN(name)                                                  \
-  FILE *name(const char *path, const char *how) {                    \
-    if (is_cpuinfo(path)) {                                          \
-      int fd = masked_cpuinfo();                                     \
-      return fd < 0 ? NULL : fdopen(fd, "r");                        \
-    }                                                                \
-    static fopen_fn real;                                            \
-    if (!real) real = (fopen_fn)dlsym(RTLD_NEXT, #name);             \
-    return real(path, how);                                          \
+/* open(path) is openat(AT_FDCWD, path), as glibc itself implements it. */
+#define OPEN(name, at)                                                    \
+  int name(const char *path, int flags, ...) {                            \
+    MODE_ARG(flags)                                                       \
+    return at(AT_FDCWD, path, flags, mode);                               \
   }
-OPEN(open)
-OPEN(open64)
+#define FOPEN(name)                                                       \
+  FILE *name(const char *path, const char *how) {                         \
+    if (is_cpuinfo(path)) {                                               \
+      int fd = masked_cpuinfo();                                          \
+      return fd < 0 ? NULL : fdopen(fd, "r");                             \
+    }                                                                     \
+    static fopen_fn real;                                                 \
+    if (!real) real = (fopen_fn)dlsym(RTLD_NEXT, #name);                  \
+    return real(path, how);                                               \
+  }
 OPENAT(openat)
 OPENAT(openat64)
+OPEN(open, openat)
+OPEN(open64, openat64)
 FOPEN(fopen)
 FOPEN(fopen64)
 
